@@ -1,0 +1,71 @@
+"""Position embeddings: fixed sin-cos tables for 2D/3D grids, and resampling to another grid size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def sincos_1d(embed_dim: int, positions: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
+    """(N,) positions -> (N, embed_dim) table, first half sin, second half cos."""
+    if embed_dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {embed_dim}")
+    omega = 1.0 / temperature ** (torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0))
+    angles = positions.double().reshape(-1, 1) * omega.reshape(1, -1)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_grid(embed_dim: int, grid_size: Sequence[int]) -> torch.Tensor:
+    """Fixed sin-cos embedding for a 2D or 3D grid, (prod(grid), embed_dim), row-major like flatten().
+
+    Each axis gets an equal, even share of the channels; any leftover channels are zero.
+    """
+    ndim = len(grid_size)
+    per_axis = 2 * (embed_dim // (2 * ndim))
+    if per_axis == 0:
+        raise ValueError(f"embed_dim {embed_dim} too small for a {ndim}D sin-cos embedding")
+    coords = torch.meshgrid(*[torch.arange(s) for s in grid_size], indexing="ij")
+    parts = [sincos_1d(per_axis, c.flatten()) for c in coords]
+    table = torch.cat(parts, dim=1)
+    pad = embed_dim - table.shape[1]
+    if pad:
+        table = torch.cat([table, table.new_zeros(table.shape[0], pad)], dim=1)
+    return table
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: Sequence[int],
+    old_grid: Sequence[int],
+    num_prefix_tokens: int = 1,
+) -> torch.Tensor:
+    """Resample a (1, prefix + prod(old_grid), D) position embedding to ``new_grid``.
+
+    Prefix tokens (the class token) are kept as they are. 2D grids use bicubic interpolation with
+    antialiasing (the convention timm uses, so ImageNet weights transfer exactly); 3D grids use trilinear,
+    since PyTorch has no bicubic for volumes.
+    """
+    new_grid, old_grid = tuple(new_grid), tuple(old_grid)
+    if new_grid == old_grid:
+        return pos_embed
+    prefix, grid_tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid_tokens.shape[-1]
+    if grid_tokens.shape[1] != _prod(old_grid):
+        raise ValueError(f"pos_embed has {grid_tokens.shape[1]} grid tokens, old grid {old_grid} needs {_prod(old_grid)}")
+    orig_dtype = grid_tokens.dtype
+    grid = grid_tokens.float().reshape(1, *old_grid, dim).movedim(-1, 1)
+    if len(old_grid) == 2:
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    else:
+        grid = F.interpolate(grid, size=new_grid, mode="trilinear", align_corners=False)
+    grid_tokens = grid.movedim(1, -1).reshape(1, _prod(new_grid), dim).to(orig_dtype)
+    return torch.cat([prefix, grid_tokens], dim=1)
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out

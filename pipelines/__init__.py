@@ -1,0 +1,1 @@
+"""medvit pipelines: DICOM and MONAI data, the pipeline stages, MLflow tracking and the `medvit` CLI."""
