@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check medvit pipelines tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: lint
 	$(VENV)/bin/pytest -q
