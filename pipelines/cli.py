@@ -1,14 +1,52 @@
-"""The `medvit` command: one subcommand per pipeline stage (stages arrive with their issues)."""
+"""The `medvit` command: one subcommand per pipeline stage.
+
+Exit codes: 0 all done; 2 usage or config error (one line naming the key, path or value); 3 finished, but
+some items failed (listed in errors.csv).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
 
 import click
 
 import medvit
 
+from .config import ConfigError, PipelineConfig, load_config
+from .dicom.reasons import Rejected, is_failure
+from .report import reject_counts, summary_table
+
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 2, 3
+
+
+def clean_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn configuration problems into one line on stderr and exit code 2, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"medvit: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.epochs=5 (repeatable)")(func)
+    return click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+                        help="YAML config (see configs/)")(func)
+
+
+def _load(config_path: Path, overrides: tuple[str, ...]) -> PipelineConfig:
+    return load_config(config_path, list(overrides))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,10 +67,98 @@ def models_command() -> None:
                    f"dim {cfg['embed_dim']:>3}  depth {cfg['depth']}  heads {cfg['num_heads']:>2}  {params:6.1f}M params")
 
 
+@cli.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(["xray", "mri"]), required=True)
+@click.option("--studies", type=click.IntRange(min=1), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--difficulty", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="0 = obvious lesions, 1 = subtle")
+def synth_command(out: Path, kind: str, studies: int, seed: int, difficulty: float) -> None:
+    """Write a synthetic cohort as real DICOM: OUT/dicom/** and OUT/labels.csv."""
+    from .dicom.synth import write_cohort
+
+    summary = write_cohort(out, kind, studies, seed, difficulty=difficulty)
+    click.echo(summary_table(f"synth {kind}: {out}", [
+        ("patients", summary.patients), ("studies", summary.studies), ("series", summary.series),
+        ("files", summary.files), ("abnormal studies", summary.abnormal), ("labels", out / "labels.csv"),
+    ]))
+
+
+@cli.command("ingest")
+@config_options
+@clean_errors
+def ingest_command(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """Scan DICOM, join labels, split by patient; write manifest, errors.csv and a data card."""
+    from .stages.ingest import run_ingest
+
+    config = _load(config_path, overrides)
+    result = run_ingest(config, progress=True)
+    rejected = [Rejected(**row) for row in result.errors.to_dict("records")]
+    splits = result.manifest["split"].value_counts().to_dict()
+    click.echo(summary_table(f"ingest {config.name}", [
+        ("files scanned", result.n_files),
+        ("series", len(result.manifest)),
+        ("studies", result.manifest["study_uid"].nunique()),
+        ("patients", result.manifest["patient_key"].nunique()),
+        *[(f"split: {k}", v) for k, v in sorted(splits.items())],
+        *reject_counts(rejected),
+        ("manifest", result.manifest_path),
+        ("errors", result.errors_path),
+        ("data card", result.data_card_path),
+    ]))
+    sys.exit(EXIT_PARTIAL if any(is_failure(r.reason_code) for r in rejected) else EXIT_OK)
+
+
+@cli.command("train")
+@config_options
+@click.option("--resume", is_flag=True, help="continue from OUTPUT/train/last.safetensors")
+@clean_errors
+def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -> None:
+    """Train the ViT on the manifest's train split (AMP on GPU, DDP under torchrun)."""
+    from .stages.train import run_train
+
+    config = _load(config_path, overrides)
+    result = run_train(config, resume=resume, progress=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result.history[-1] if result.history else {}
+        click.echo(summary_table(f"train {config.name}", [
+            ("epochs run", result.epochs_run), ("stopped early", result.stopped_early),
+            ("best epoch", result.best_epoch), ("best val AUROC", f"{result.best_val_auroc:.4f}"),
+            ("last train loss", f"{last.get('train_loss', float('nan')):.4f}"),
+            ("images/s (last epoch)", f"{last.get('images_per_sec', float('nan')):.1f}"),
+            ("best model", result.best_path), ("MLflow run", result.run_id),
+        ]))
+
+
+@cli.command("preview")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="use this config's preprocessing")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@clean_errors
+def preview_command(path: Path, out: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Render what the model will see after preprocessing (a slice montage for MRI)."""
+    from .preview import render_preview
+
+    if not path.exists():
+        raise ConfigError(f"'{path}' does not exist: pass a DICOM file or folder")
+    config = _load(config_path, overrides) if config_path else None
+    drawn, scanned = render_preview(path, out, config)
+    for row in scanned.rejected:
+        click.echo(f"medvit: {row.path}: {row.reason_code}: {row.message}", err=True)
+    if not drawn:
+        click.echo(f"medvit: no usable series under '{path}' (see the reasons above)", err=True)
+        sys.exit(EXIT_PARTIAL)
+    click.echo(f"preview: {drawn} series -> {out}")
+    sys.exit(EXIT_PARTIAL if any(is_failure(r.reason_code) for r in scanned.rejected) else EXIT_OK)
+
+
 @cli.command("demo")
 def demo_command() -> None:
     """Run the whole pipeline on a synthetic cohort (arrives with the pipeline issue)."""
-    click.echo("medvit demo: the pipeline stages are not built yet (see the open pipeline issue).", err=True)
+    click.echo("medvit demo: train/evaluate/register are not built yet (see the open pipeline issue); "
+               "try `medvit synth demo_out --kind xray --studies 40` and `medvit ingest`.", err=True)
     sys.exit(EXIT_USAGE)
 
 

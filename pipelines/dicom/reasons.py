@@ -21,10 +21,13 @@ LOCALIZER = "localizer"
 NOT_SELECTED = "not_selected"  # excluded by the configured series selection rules
 DECODE_ERROR = "decode_error"
 UNREADABLE = "unreadable"  # permission denied, vanished file, ...
+BAD_LABEL = "bad_label"  # labels CSV: a label that is not 0/1/normal/abnormal
+CONFLICTING_LABEL = "conflicting_label"  # labels CSV: one study with two different labels
 
 ALL_REASONS = (
     NOT_DICOM, TRUNCATED, NO_PIXEL_DATA, NOT_AN_IMAGE, UNSUPPORTED_TRANSFER_SYNTAX, UNSUPPORTED_PHOTOMETRIC,
     UNSUPPORTED_MODALITY, INCONSISTENT_SERIES, TOO_FEW_SLICES, LOCALIZER, NOT_SELECTED, DECODE_ERROR, UNREADABLE,
+    BAD_LABEL, CONFLICTING_LABEL,
 )
 
 
@@ -47,3 +50,11 @@ class DicomError(Exception):
         super().__init__(message)
         self.reason_code = reason_code
         self.message = message
+
+# Deliberate exclusions (the item is fine, it is just not used); every other code is a failure, and a stage
+# that records any failure exits with code 3.
+EXCLUSIONS = frozenset({LOCALIZER, NOT_SELECTED, UNSUPPORTED_MODALITY, NOT_AN_IMAGE, TOO_FEW_SLICES})
+
+
+def is_failure(reason_code: str) -> bool:
+    return reason_code not in EXCLUSIONS

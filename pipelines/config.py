@@ -1,0 +1,273 @@
+"""Pipeline configuration: a pydantic schema, YAML loading and ``--set a.b=c`` overrides.
+
+Every section forbids unknown keys, so a misspelled key is an error that names it. ``load_config`` turns
+every validation problem into one ``ConfigError`` line (the CLI prints it and exits with code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line for the user."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SelectionConfig(Section):
+    """Which series of a study are used (by default every eligible one)."""
+
+    modalities: list[str] = ["CR", "DX", "MR"]
+    series_description_include: list[str] = Field(default_factory=list, description="regexes; empty = all")
+    series_description_exclude: list[str] = Field(default_factory=list)
+    image_type_exclude: list[str] = ["LOCALIZER"]
+    min_slices: int = Field(8, ge=1)
+    allow_color: bool = False
+
+
+class DataConfig(Section):
+    dicom_root: Path
+    labels: Path | None = None
+    kind: Literal["xray", "mri"]
+    study_column: str = "StudyInstanceUID"
+    label_column: str = "label"
+    workers: int = Field(2, ge=0, description="parallel header-scan workers; 0 = sequential")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+
+
+class XrayPreprocess(Section):
+    img_size: int = Field(224, ge=8)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    voi_window: bool = False
+    color: Literal["reject", "gray"] = "reject"
+
+
+class MriPreprocess(Section):
+    img_size: tuple[int, int, int] = (96, 96, 96)
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    orientation: str = "RAS"
+
+
+class PreprocessConfig(Section):
+    xray: XrayPreprocess = Field(default_factory=XrayPreprocess)
+    mri: MriPreprocess = Field(default_factory=MriPreprocess)
+    cache_dir: Path | None = Field(None, description="deterministic-preprocessing cache; default OUTPUT/cache")
+
+
+class AugmentConfig(Section):
+    enabled: bool = True
+    prob: float = Field(0.5, ge=0, le=1)
+    rotate_deg: float = Field(10.0, ge=0)
+    scale: float = Field(0.1, ge=0)
+    translate: float = Field(0.05, ge=0, description="fraction of the image size")
+    flip_lr: bool = Field(False, description="left-right flip; off by default (chest X-ray anatomy is lateralised)")
+    noise_std: float = Field(0.02, ge=0)
+    contrast_gamma: tuple[float, float] = (0.8, 1.25)
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError("split.val + split.test must leave at least 10% for training")
+        return self
+
+
+class OutputConfig(Section):
+    dir: Path = Path("medvit_out")
+
+
+class PrivacyConfig(Section):
+    key_env: str = Field("MEDVIT_PSEUDONYM_KEY", description="env var holding the pseudonymization key")
+    key_file: Path | None = Field(None, description="default OUTPUT/.pseudonym_key, created once (mode 600)")
+
+
+class ModelConfig(Section):
+    """The network. Image size comes from ``preprocess``; 2D or 3D from ``data.kind``."""
+
+    arch: Literal["vit", "hybrid"] = Field("vit", description="hybrid = ViT with the convolutional stem")
+    preset: str | None = Field(None, description="a medvit preset (vit_tiny|small|base, vit3d_tiny|small|base); "
+                                                   "default vit_small for xray, vit3d_small for mri")
+    patch_size: int | tuple[int, ...] | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+    global_pool: Literal["token", "avg"] = "token"
+    pos_embed: Literal["learned", "sincos"] = "learned"
+    stem_norm: Literal["batch", "group", "instance"] = "batch"
+    grad_checkpointing: bool = False
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    compile: bool = False
+    class_balance: Literal["pos_weight", "sampler", "none"] = "pos_weight"
+    early_stopping_patience: int | None = Field(5, ge=1)
+    num_workers: int = Field(2, ge=0)
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateConfig(Section):
+    threshold: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    bootstrap: int = Field(1000, ge=0)
+    aggregate: Literal["max", "mean"] = Field("max", description="series scores -> study score")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str = "medvit"
+    system_metrics: bool = True
+
+
+class RegistryConfig(Section):
+    name: str = "medvit"
+    alias: str = "candidate"
+
+
+class PipelineConfig(Section):
+    name: str = "medvit"
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _preset_matches_kind(self) -> PipelineConfig:
+        from medvit import list_models
+
+        if self.model.preset is None:
+            self.model.preset = "vit_small" if self.data.kind == "xray" else "vit3d_small"
+        if self.model.preset not in list_models():
+            raise ValueError(f"model.preset {self.model.preset!r} is not one of {', '.join(list_models())}")
+        is_3d = self.model.preset.startswith("vit3d_")
+        if is_3d != (self.data.kind == "mri"):
+            want = "a vit3d_* preset" if self.data.kind == "mri" else "a 2D vit_* preset"
+            raise ValueError(f"model.preset {self.model.preset!r} does not fit data.kind={self.data.kind}: use {want}")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\ "):
+            raise ValueError("name must be non-empty, without slashes or spaces")
+        return value
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.preprocess.cache_dir or self.output.dir / "cache"
+
+
+# ---- loading -----------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value parsed as YAML, so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b=c`` in the nested dict (creating sections as needed); the schema checks the keys."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key '{key}': check its spelling against configs/ and the README"
+    if error["type"] == "missing":
+        return f"missing config key '{key}': add it to the YAML or pass --set {key}=..."
+    return f"config key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML (or start empty when ``path`` is None), apply overrides, validate; ConfigError on problems."""
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = path.name
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found: pass an existing YAML, e.g. configs/demo_xray.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source)
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """The resolved config as YAML, to be saved with every run."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(config: PipelineConfig) -> dict[str, str]:
+    """``{"data.kind": "xray", ...}`` for MLflow params (lists as their YAML text)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(config.model_dump(mode="json"), "")
+    return out

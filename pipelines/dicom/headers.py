@@ -1,0 +1,386 @@
+"""Header-only reading of one DICOM file: recognise it by content, detect truncation, extract what scan needs.
+
+``read_header(path)`` never raises: it returns an ``InstanceHeader``, a ``Rejected`` row (``not_dicom``,
+``truncated``, ``decode_error``, ``unreadable``) or ``Skipped`` for DICOMDIR index files (never followed).
+
+Truncation: pydicom's top-level reader silently stops at a short read, and only warns (unless the global
+``reading_validation_mode`` is RAISE) when a sequence or encapsulated value runs off the end. Changing that
+setting or catching warnings is process-global and not thread-safe, so instead the file object handed to
+pydicom records every read that comes back short and every seek past the end of the file. After the header
+read stops before the pixel data, the pixel data element's declared length (or, for encapsulated data, its
+fragment items) is checked against the file size without reading the pixels.
+
+Geometry: every frame's position, orientation, pixel spacing and size come from ``geometry.frame_geometries``,
+the function the pixel reader uses, so that a header that the reader cannot place in a volume carries the
+reader's own error (``InstanceHeader.geometry_error``). All results are small frozen dataclasses of plain
+values, so they pickle cheaply for the process pool that ``scan`` may use.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from .geometry import FrameGeometry, frame_geometries, pixel_spacing_of, single_slice_spacing
+from .reasons import DECODE_ERROR, NOT_DICOM, TRUNCATED, UNREADABLE, DicomError, Rejected
+
+PREAMBLE_END = 132  # 128-byte preamble + b"DICM"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFER_SIZE = 1 << 20  # values above 1 MiB are skipped (seeked over), not loaded
+PIXEL_DATA = 0x7FE00010
+ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+_NATIVE_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+                  (False, False): "1.2.840.10008.1.2.2"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is deliberately not scanned (a DICOMDIR index); not an error."""
+
+    path: str
+    why: str
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The header fields of one DICOM instance that grouping, classification and the reader need."""
+
+    path: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str  # raw: in memory only
+    modality: str
+    image_type: tuple[str, ...]
+    series_description: str
+    body_part: str
+    manufacturer: str
+    rows: int
+    columns: int
+    number_of_frames: int
+    samples_per_pixel: int
+    photometric: str
+    transfer_syntax: str
+    has_pixel_data: bool
+    pixel_spacing: tuple[float, float] | None  # as the reader finds it; None when it would assume 1 mm
+    pixel_spacing_source: str  # PixelMeasuresSequence | PixelSpacing | ImagerPixelSpacing | ... | "" when absent
+    single_slice_spacing: float  # depth of a one-slice volume: SpacingBetweenSlices, SliceThickness or 1 mm
+    frames: tuple[FrameGeometry, ...]  # one per frame (geometry.frame_geometries); empty with geometry_error
+    geometry_error: Rejected | None  # why the frames cannot be placed in a volume: the reader's own error
+    instance_number: int | None
+    is_enhanced: bool  # has PerFrameFunctionalGroupsSequence
+
+    @property
+    def orientation(self) -> tuple[float, ...] | None:
+        """ImageOrientationPatient of the first frame (unit cosines), None without usable geometry."""
+        return self.frames[0].orientation if self.frames else None
+
+    @property
+    def positions(self) -> tuple[tuple[float, float, float], ...]:
+        """ImagePositionPatient of every frame; empty without usable geometry."""
+        return tuple(frame.position for frame in self.frames)
+
+
+Outcome = InstanceHeader | Rejected | Skipped
+
+
+class _EofWatch:
+    """A read-only file wrapper that records reads hitting end-of-file and seeks beyond it."""
+
+    def __init__(self, fh: BinaryIO, size: int, ignored_reads: frozenset[tuple[int, int]] = frozenset()):
+        self._fh = fh
+        self.size = size
+        self.name = fh.name
+        self._ignored = ignored_reads  # (offset, length) reads that may legitimately come back short
+        self.partial_reads = 0
+        self.empty_reads = 0
+        self.overran = False
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._fh.tell()
+        data = self._fh.read(n)
+        if n is not None and n > 0 and len(data) < n and (start, n) not in self._ignored:
+            if data:
+                self.partial_reads += 1
+            else:
+                self.empty_reads += 1
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._fh.seek(offset, whence)
+        self.overran = self.overran or position > self.size
+        return position
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    @property
+    def hit_eof(self) -> bool:
+        """True when data ran out mid-element; one empty read is the normal end of a data set."""
+        return bool(self.partial_reads) or self.overran or self.empty_reads > 1
+
+
+def read_header(path: Path | str) -> Outcome:
+    """Read one file's header (never its pixels) and return what it is; never raises."""
+    path = Path(path)
+    name = str(path)
+    if path.name.upper() == "DICOMDIR":
+        return Skipped(name, "DICOMDIR index file (not followed)")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            return _read_open_file(name, fh, size)
+    except OSError as exc:
+        return Rejected(name, UNREADABLE, f"cannot be read ({exc.strerror or exc}): check that it exists and is readable")
+    except Exception as exc:  # a defect in an odd file must not stop the scan
+        return Rejected(name, UNREADABLE, f"header could not be interpreted ({type(exc).__name__}: {exc})")
+
+
+def _read_open_file(name: str, fh: BinaryIO, size: int) -> Outcome:
+    """Sniff, parse and check one opened file."""
+    if size == 0:
+        return Rejected(name, NOT_DICOM, "empty file (0 bytes), not DICOM")
+    head = fh.read(PREAMBLE_END)
+    fh.seek(0)
+    has_preamble = head[128:132] == b"DICM"
+    if not has_preamble and not plausible_raw_dataset(head):
+        return Rejected(name, NOT_DICOM, "not a DICOM file: no 'DICM' marker and no DICOM data set at the start")
+    probe_reads = frozenset() if has_preamble else frozenset({(0, 128), (128, 4)})
+    watch = _EofWatch(fh, size, probe_reads)
+    try:
+        ds = dcmread(watch, stop_before_pixels=True, force=not has_preamble, defer_size=DEFER_SIZE)
+    except Exception as exc:
+        return _parse_failure(name, has_preamble, watch, exc)
+    if not has_preamble and not looks_like_dataset(ds):
+        return Rejected(name, NOT_DICOM, "not a DICOM file: no 'DICM' marker and no recognisable DICOM header")
+    if _is_directory(ds):
+        return Skipped(name, "DICOM media storage directory (DICOMDIR) (not followed)")
+    if watch.hit_eof:
+        return Rejected(name, TRUNCATED, "file ends inside its header (truncated copy?): copy or export it again")
+    transfer_syntax = _transfer_syntax(ds)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        has_pixels = _deflated_has_pixel_data(fh)
+    else:
+        problem, has_pixels = _check_pixel_data(fh, watch.tell(), size, ds)
+        if problem is not None:
+            return Rejected(name, *problem)
+    return _header_from_dataset(name, ds, transfer_syntax, has_pixels)
+
+
+def _parse_failure(name: str, has_preamble: bool, watch: _EofWatch, exc: Exception) -> Rejected:
+    """Turn a pydicom parse error into a truncated/not_dicom row."""
+    if has_preamble and (watch.hit_eof or watch.empty_reads or isinstance(exc, zlib.error)):
+        return Rejected(name, TRUNCATED, "file ends inside its header (truncated copy?): copy or export it again")
+    if has_preamble:
+        return Rejected(name, NOT_DICOM, f"has a DICOM marker but its header cannot be parsed ({exc}): file is corrupt")
+    return Rejected(name, NOT_DICOM, "not a DICOM file: no 'DICM' marker and the content does not parse as DICOM")
+
+
+def plausible_raw_dataset(head: bytes) -> bool:
+    """A data set without preamble starts with a group 0002 or 0008 element (little or big endian).
+
+    This cheap test keeps force-parsing (slow on e.g. a large zero-filled file) to likely candidates.
+    """
+    if len(head) < 8:
+        return False
+    little, big = head[0] | head[1] << 8, head[0] << 8 | head[1]
+    return little in (0x0002, 0x0008) or big in (0x0002, 0x0008)
+
+
+def read_raw_dataset(path: Path | str) -> Dataset | None:
+    """Read in full a data set stored without preamble and file meta, as scan accepts it; None when the file
+    does not start like one or parses to no recognisable DICOM header (pydicom errors propagate)."""
+    with Path(path).open("rb") as fh:
+        if not plausible_raw_dataset(fh.read(8)):
+            return None
+    ds = dcmread(path, force=True)
+    return ds if looks_like_dataset(ds) else None
+
+
+def looks_like_dataset(ds: Dataset) -> bool:
+    """Accept a force-read data set only with a valid SOP Class UID, or study + series UIDs and a modality."""
+    if _UID_PATTERN.match(_text(ds, "SOPClassUID")):
+        return True
+    uids = (_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"))
+    return all(_UID_PATTERN.match(uid) for uid in uids) and bool(_text(ds, "Modality"))
+
+
+def _is_directory(ds: Dataset) -> bool:
+    """True for a DICOMDIR (Media Storage Directory) object, whatever its file name."""
+    meta = getattr(ds, "file_meta", None)
+    media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
+    return MEDIA_STORAGE_DIRECTORY in (media_class, _text(ds, "SOPClassUID")) or "DirectoryRecordSequence" in ds
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    """The file's transfer syntax UID, or the native syntax pydicom inferred when the meta lacks it."""
+    meta = getattr(ds, "file_meta", None)
+    uid = _text(meta, "TransferSyntaxUID") if meta is not None else ""
+    return uid or _NATIVE_SYNTAX.get(tuple(ds.original_encoding), "")
+
+
+def _deflated_has_pixel_data(fh: BinaryIO) -> bool:
+    """Deflated files are inflated in memory, so pixel data presence is found with a deferred full read."""
+    fh.seek(0)
+    return "PixelData" in dcmread(fh, defer_size=256)
+
+
+def _check_pixel_data(fh: BinaryIO, offset: int, size: int, ds: Dataset) -> tuple[tuple[str, str] | None, bool]:
+    """Check the pixel data element that the header read stopped at; return (problem, has_pixel_data)."""
+    implicit, little = ds.original_encoding
+    endian = "<" if little else ">"
+    fh.seek(offset)
+    raw = fh.read(12)
+    if len(raw) < 8:
+        return None, False
+    group, element = struct.unpack(f"{endian}HH", raw[:4])
+    tag = group << 16 | element
+    if tag != PIXEL_DATA:  # no pixel data, or only float/double float pixel data
+        return None, False
+    explicit_vr = not implicit and b"AA" <= raw[4:6] <= b"ZZ"  # some writers switch to implicit VR here
+    header_length = 12 if explicit_vr else 8
+    if len(raw) < header_length:
+        return (TRUNCATED, "file ends inside the pixel data header (truncated copy?): copy it again"), True
+    (length,) = struct.unpack(f"{endian}L", raw[8:12] if explicit_vr else raw[4:8])
+    value_start = offset + header_length
+    if length == UNDEFINED_LENGTH:
+        problem, end = _check_fragments(fh, value_start, size, endian)
+        return problem or _check_trailing(fh, end, size, implicit, endian), True
+    if value_start + length > size:
+        message = f"pixel data declares {length} bytes but the file ends {value_start + length - size} bytes early"
+        return (TRUNCATED, f"{message} (truncated copy?): copy it again"), True
+    expected = _native_pixel_bytes(ds)
+    if expected and length < expected:
+        message = f"pixel data has {length} bytes but the header (rows, columns, frames, bits) needs {expected}"
+        return (DECODE_ERROR, f"{message}: the file is corrupt; export it again"), True
+    return _check_trailing(fh, value_start + length, size, implicit, endian), True
+
+
+def _check_fragments(fh: BinaryIO, position: int, size: int, endian: str) -> tuple[tuple[str, str] | None, int]:
+    """Walk the items of encapsulated pixel data up to the sequence delimiter without reading fragments;
+    return (problem, offset just past the delimiter)."""
+    while True:
+        fh.seek(position)
+        raw = fh.read(8)
+        if len(raw) < 8:
+            return (TRUNCATED, "file ends inside the compressed pixel data (truncated copy?): copy it again"), size
+        group, element, length = struct.unpack(f"{endian}HHL", raw)
+        tag = group << 16 | element
+        if tag == SEQUENCE_DELIMITER:
+            return None, position + 8
+        if tag != ITEM or length == UNDEFINED_LENGTH:
+            return (DECODE_ERROR, "compressed pixel data is malformed (bad fragment item): the file is corrupt"), size
+        position += 8 + length
+        if position > size:
+            message = "compressed pixel data runs past the end of the file (truncated copy?): copy it again"
+            return (TRUNCATED, message), size
+
+
+def _check_trailing(fh: BinaryIO, position: int, size: int, implicit: bool, endian: str) -> tuple[str, str] | None:
+    """Check that elements after the pixel data (e.g. trailing padding) end exactly at the end of the file."""
+    while position < size:
+        fh.seek(position)
+        raw = fh.read(12)
+        long_form = not implicit and raw[4:6] in _LONG_LENGTH_VRS
+        header_length = 12 if long_form else 8
+        if len(raw) < header_length:
+            break
+        if implicit or long_form:
+            (length,) = struct.unpack(f"{endian}L", raw[header_length - 4:header_length])
+        else:
+            (length,) = struct.unpack(f"{endian}H", raw[6:8])
+        if length == UNDEFINED_LENGTH:
+            return None  # a sequence after the pixel data: rare, not walked
+        position += header_length + length
+    if position != size:
+        return TRUNCATED, "file ends inside an element after the pixel data (truncated copy?): copy it again"
+    return None
+
+
+def _native_pixel_bytes(ds: Dataset) -> int:
+    """Bytes an uncompressed pixel data value needs according to the header (0 when unknown)."""
+    values = [_int(ds, k) for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")]
+    if any(v is None or v <= 0 for v in values):
+        return 0
+    rows, columns, samples, bits = values
+    if _text(ds, "PhotometricInterpretation").upper() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled 4:2:2: two values per pixel on average
+    frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
+def _geometry(name: str, ds: Dataset) -> tuple[tuple[FrameGeometry, ...], Rejected | None]:
+    """Every frame's geometry, or why the frames cannot be placed in a volume (the reader's own error)."""
+    try:
+        return tuple(frame_geometries(ds)), None
+    except DicomError as error:
+        return (), Rejected(name, error.reason_code, error.message)
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """In-plane spacing and its source as the reader finds it; ``(None, "")`` when the reader assumes 1 mm."""
+    spacing, source = pixel_spacing_of(ds)
+    return (None, "") if source == "assumed" else (spacing, source)
+
+
+def _header_from_dataset(name: str, ds: Dataset, transfer_syntax: str, has_pixels: bool) -> InstanceHeader:
+    """Collect the fields of an ``InstanceHeader`` from a parsed header."""
+    frames, geometry_error = _geometry(name, ds)
+    spacing, spacing_source = _pixel_spacing(ds)
+    return InstanceHeader(
+        path=name, sop_class_uid=_text(ds, "SOPClassUID"), study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"), patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality").upper(), image_type=_texts(ds, "ImageType"),
+        series_description=_text(ds, "SeriesDescription"), body_part=_text(ds, "BodyPartExamined"),
+        manufacturer=_text(ds, "Manufacturer"), rows=_int(ds, "Rows") or 0, columns=_int(ds, "Columns") or 0,
+        number_of_frames=max(_int(ds, "NumberOfFrames") or 1, 1), samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
+        photometric=_text(ds, "PhotometricInterpretation").upper(), transfer_syntax=transfer_syntax,
+        has_pixel_data=has_pixels, pixel_spacing=spacing, pixel_spacing_source=spacing_source,
+        single_slice_spacing=single_slice_spacing(ds), frames=frames, geometry_error=geometry_error,
+        instance_number=_int(ds, "InstanceNumber"),
+        is_enhanced=bool(ds.get("PerFrameFunctionalGroupsSequence")),
+    )
+
+
+def uid_name(uid: str) -> str:
+    """The registered name of a UID, or the UID itself when pydicom does not know it."""
+    return UID(uid).name if uid else "(none)"
+
+
+def _text(ds: Dataset | None, keyword: str) -> str:
+    """A header value as stripped text ('' when absent or unreadable)."""
+    try:
+        value = ds.get(keyword) if ds is not None else None
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _texts(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    """A multi-valued text element as a tuple of stripped upper-case strings."""
+    return tuple(v.strip().upper() for v in _text(ds, keyword).split("\\") if v.strip())
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    """An integer element, or None when absent or invalid."""
+    text = _text(ds, keyword).split("\\")[0]
+    try:
+        return int(float(text)) if text else None
+    except ValueError:
+        return None

@@ -1,0 +1,414 @@
+"""Discover DICOM files, read their headers, and group them into usable X-ray images and MRI volumes.
+
+Every file found ends up exactly once: in a ``Series``, in a ``Rejected`` row (a series-level rejection is one
+row naming the series' first file and the file count), or in ``ScanResult.skipped`` (DICOMDIR index files,
+which are never followed). ``ScanResult.file_outcomes`` maps every scanned path to where it went.
+
+Decisions: each CR/DX file is its own ``Series`` (kind ``xray``); a multi-frame CR/DX (NumberOfFrames > 1) is
+rejected as ``inconsistent_series`` rather than silently using one frame. MR single-frame slices are grouped
+by (StudyInstanceUID, SeriesInstanceUID) and ordered by position along the slice normal; an MR file with
+NumberOfFrames > 1 is its own multi-frame ``Series``. File-level checks run in this order: not an image, no
+pixel data, modality, transfer syntax decoder, photometric interpretation; series-level: localizer, selection
+rules, geometry, slice count.
+
+Geometry is checked by ``geometry.stack_geometry``, the function the pixel reader stacks volumes with, on the
+frame geometry each header carries: an MR series is rejected (``inconsistent_series``, with the reader's
+message) exactly when ``read.read_volume`` would reject its files for geometry reasons (mixed sizes,
+orientation, pixel spacing or frame of reference, missing positions, duplicate positions, uneven spacing), so
+ingest never accepts a series that training cannot load.
+
+``workers > 0`` reads headers in a process pool (header parsing is CPU-bound Python, so threads do not help).
+Workers start with ``forkserver`` (``spawn`` where that is missing), never plain ``fork``, because callers may
+have torch and its threads loaded; as with any such pool, a script that calls ``scan`` must guard its entry
+point with ``if __name__ == "__main__"``. Fewer than ``parallel_min_files`` files are read sequentially, since
+starting the workers then costs more than it saves. Results are identical to a sequential scan and in the
+same order.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import multiprocessing
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydicom.pixels import get_decoder
+from pydicom.pixels.common import CoderBase
+
+from .geometry import StackGeometry, stack_geometry
+from .headers import InstanceHeader, Outcome, Skipped, read_header, uid_name
+from .reasons import (
+    INCONSISTENT_SERIES,
+    LOCALIZER,
+    NO_PIXEL_DATA,
+    NOT_AN_IMAGE,
+    NOT_SELECTED,
+    TOO_FEW_SLICES,
+    UNREADABLE,
+    UNSUPPORTED_MODALITY,
+    UNSUPPORTED_PHOTOMETRIC,
+    UNSUPPORTED_TRANSFER_SYNTAX,
+    DicomError,
+    Rejected,
+)
+
+XRAY_MODALITIES = frozenset({"CR", "DX"})
+MRI_MODALITIES = frozenset({"MR"})
+MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
+COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
+PARALLEL_MIN_FILES = 200  # fewer files are read sequentially: starting worker processes would dominate
+MAX_CHUNK = 64  # files per task sent to a worker: large enough to amortise IPC, small enough to balance load
+SKIPPED = "skipped"
+IN_SERIES = "series"
+
+# SOP class UID prefixes (and modalities) of objects that carry no image to classify.
+_NON_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "a structured report or key object selection",
+    "1.2.840.10008.5.1.4.1.1.66": "a segmentation, registration or raw data object",
+    "1.2.840.10008.5.1.4.1.1.11.": "a presentation state",
+    "1.2.840.10008.5.1.4.1.1.9.": "a waveform",
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT structure set",
+    "1.2.840.10008.5.1.4.1.1.481.": "an RT plan or treatment record",
+    "1.2.840.10008.5.1.4.1.1.104.": "an encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.4.2": "an MR spectroscopy object",
+    "1.2.840.10008.5.1.4.1.1.30": "a parametric map",
+}
+_NON_IMAGE_MODALITIES = {
+    "SR": "a structured report", "KO": "a key object selection", "PR": "a presentation state",
+    "SEG": "a segmentation", "REG": "a registration", "FID": "a fiducials object", "RTSTRUCT": "an RT structure set",
+    "RTPLAN": "an RT plan", "RTDOSE": "an RT dose", "RTRECORD": "an RT treatment record", "ECG": "a waveform",
+    "HD": "a waveform", "AU": "an audio waveform", "DOC": "an encapsulated document",
+}
+_PLUGIN_PREFERENCE = ("pylibjpeg", "pyjpegls", "pillow", "gdcm")
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """Which series to use; regexes are case-insensitive and searched anywhere in the text."""
+
+    modalities: tuple[str, ...] = ("CR", "DX", "MR")
+    series_description_include: tuple[str, ...] = ()  # empty = all
+    series_description_exclude: tuple[str, ...] = ()
+    image_type_exclude: tuple[str, ...] = ("LOCALIZER",)  # an ImageType value fully matching -> localizer
+    min_slices: int = 8  # MRI volumes with fewer slices -> too_few_slices
+    allow_color: bool = False  # RGB/YBR X-rays: False -> unsupported_photometric; True -> kept
+    localizer_description: str = r"locali[sz]er|scout|survey"  # MR SeriesDescription -> localizer
+
+
+@dataclass(frozen=True)
+class Series:
+    """One usable image: an X-ray (one file) or an MRI volume (slices sorted along the normal, or one file)."""
+
+    study_uid: str
+    series_uid: str
+    patient_id: str  # raw patient id: in memory only, callers pseudonymize
+    modality: str
+    kind: Literal["xray", "mri"]
+    files: tuple[str, ...]  # MRI: sorted by position along the slice normal; X-ray and multi-frame: 1 file
+    multiframe: bool  # an enhanced MR multi-frame object (one file, NumberOfFrames > 1)
+    rows: int
+    columns: int
+    num_slices: int
+    pixel_spacing: tuple[float, float]  # (row, column) spacing in mm; (1.0, 1.0) when the header has none
+    pixel_spacing_source: str  # PixelMeasuresSequence | PixelSpacing | ImagerPixelSpacing | ... | "" (assumed 1 mm)
+    slice_spacing: float | None  # MR: the reader's slice spacing, |step| between sorted slice origins (mm)
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6 unit cosines) for MR
+    positions: tuple[tuple[float, float, float], ...]  # MR: one per slice/frame, in sorted order
+    frame_order: tuple[int, ...] | None  # multi-frame: frame indices (0-based) sorted by position
+    manufacturer: str
+    series_description: str
+    body_part: str
+    transfer_syntax: str  # of the first file
+    photometric: str
+    sop_class_uid: str
+    image_type: tuple[str, ...]
+
+
+@dataclass
+class ScanResult:
+    """Usable series, rejected items, and the accounting of every file scanned."""
+
+    series: list[Series]
+    rejected: list[Rejected]
+    n_files: int
+    skipped: list[str] = field(default_factory=list)  # DICOMDIR index files (not errors, not followed)
+    file_outcomes: dict[str, str] = field(default_factory=dict)  # path -> "series" | "skipped" | reason code
+
+
+def iter_dicom_files(roots: Sequence[Path | str], on_error: Callable[[OSError], None] | None = None) -> Iterator[Path]:
+    """Yield candidate files under ``roots`` (files or folders), sorted, without hidden files or folders.
+
+    Content decides later whether a file is DICOM; extensions are ignored. ``on_error`` receives the
+    ``OSError`` of a folder that cannot be listed.
+    """
+    seen: set[str] = set()
+    for root in map(Path, roots):
+        if not root.exists():
+            if on_error is not None:
+                on_error(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(root)))
+            continue
+        candidates = [root] if root.is_file() else _walk_sorted(root, on_error)
+        for path in candidates:
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                yield path
+
+
+def _walk_sorted(root: Path, on_error: Callable[[OSError], None] | None) -> Iterator[Path]:
+    """Recursive, deterministic walk of one folder, pruning hidden entries."""
+    for folder, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if not filename.startswith("."):
+                yield Path(folder) / filename
+
+
+def scan(roots: Sequence[Path | str], rules: SelectionRules = SelectionRules(), workers: int = 0,
+         progress: bool = False, parallel_min_files: int = PARALLEL_MIN_FILES) -> ScanResult:
+    """Find, read (headers only) and classify every file under ``roots``; never raises for a bad file.
+
+    ``workers > 0`` reads headers in that many processes when there are at least ``parallel_min_files`` files.
+    """
+    listing_errors: list[OSError] = []
+    paths = list(iter_dicom_files(roots, on_error=listing_errors.append))
+    rejected = [Rejected(str(e.filename), UNREADABLE, f"cannot be listed ({e.strerror}): check the input path "
+                         "and its permissions") for e in listing_errors]
+    outcomes = _read_headers([str(p) for p in paths], workers if len(paths) >= parallel_min_files else 0, progress)
+    result = ScanResult(series=[], rejected=rejected, n_files=len(paths))
+    usable: list[InstanceHeader] = []
+    for outcome in outcomes:
+        if isinstance(outcome, Skipped):
+            result.skipped.append(outcome.path)
+            result.file_outcomes[outcome.path] = SKIPPED
+        elif isinstance(outcome, Rejected):
+            _reject(result, outcome, [outcome.path])
+        elif (problem := instance_problem(outcome, rules)) is not None:
+            _reject(result, problem, [outcome.path])
+        else:
+            usable.append(outcome)
+    for headers in _group(usable):
+        built = _build_series(headers, rules)
+        if isinstance(built, Series):
+            result.series.append(built)
+            result.file_outcomes.update(dict.fromkeys(built.files, IN_SERIES))
+        else:
+            _reject(result, built, [h.path for h in headers])
+    result.series.sort(key=lambda s: (s.study_uid, s.series_uid, s.files[0]))
+    result.rejected.sort(key=lambda r: (r.path, r.reason_code))
+    return result
+
+
+def _reject(result: ScanResult, row: Rejected, paths: Iterable[str]) -> None:
+    """Record one rejection row covering ``paths``."""
+    result.rejected.append(row)
+    result.file_outcomes.update(dict.fromkeys(paths, row.reason_code))
+
+
+def _read_headers(paths: list[str], workers: int, progress: bool) -> list[Outcome]:
+    """Read headers sequentially (``workers <= 0``) or in a process pool; the result order follows ``paths``."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), desc="scan", unit="file", disable=not progress) as bar:
+        if workers > 0 and paths:
+            try:
+                return _read_in_processes(paths, workers, bar)
+            except (BrokenProcessPool, OSError) as error:  # no semaphores/processes here, or a worker died
+                warnings.warn(f"parallel header scan failed ({error}); scanning sequentially", RuntimeWarning,
+                              stacklevel=3)
+                bar.reset()
+        return [_tick(bar, read_header(p)) for p in paths]
+
+
+def _read_in_processes(paths: list[str], workers: int, bar) -> list[Outcome]:
+    """``read_header`` over ``paths`` in ``workers`` forkserver (or spawn) processes, in chunks, in order."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    workers = min(workers, len(paths))
+    chunksize = max(1, min(MAX_CHUNK, math.ceil(len(paths) / (4 * workers))))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+        return [_tick(bar, outcome) for outcome in pool.map(read_header, paths, chunksize=chunksize)]
+
+
+def _tick(bar, outcome: Outcome) -> Outcome:
+    """Advance the progress bar by one file and pass the outcome through."""
+    bar.update(1)
+    return outcome
+
+
+def kind_of(modality: str) -> Literal["xray", "mri"] | None:
+    """The pipeline kind for a modality, or None when no reader exists for it."""
+    if modality in XRAY_MODALITIES:
+        return "xray"
+    return "mri" if modality in MRI_MODALITIES else None
+
+
+def instance_problem(header: InstanceHeader, rules: SelectionRules) -> Rejected | None:
+    """File-level classification: why this instance cannot be used, or None."""
+    path, modality = header.path, header.modality
+    non_image = non_image_object(header.sop_class_uid, modality)
+    if non_image:
+        return Rejected(path, NOT_AN_IMAGE, f"{non_image}, not an image: nothing to classify (skip it)")
+    if not header.has_pixel_data:
+        return Rejected(path, NO_PIXEL_DATA, "image object without pixel data (header-only export, or the file "
+                        "was cut short): export it again with pixels")
+    if modality not in {m.upper() for m in rules.modalities} or kind_of(modality) is None:
+        return Rejected(path, UNSUPPORTED_MODALITY, f"modality {modality or '(none)'} is not used (accepted: "
+                        f"{', '.join(m for m in rules.modalities if kind_of(m))}): only X-ray (CR/DX) and MR")
+    problem = transfer_syntax_problem(header.transfer_syntax)
+    if problem:
+        return Rejected(path, UNSUPPORTED_TRANSFER_SYNTAX, problem)
+    problem = photometric_problem(header.photometric, kind_of(modality), rules.allow_color)
+    if problem:
+        return Rejected(path, UNSUPPORTED_PHOTOMETRIC, problem)
+    if kind_of(modality) == "xray" and header.number_of_frames > 1:
+        return Rejected(path, INCONSISTENT_SERIES, f"X-ray with {header.number_of_frames} frames; expected a single "
+                        "image (multi-frame X-rays are not supported): export the wanted view on its own")
+    if not header.study_uid or not header.series_uid:
+        return Rejected(path, INCONSISTENT_SERIES, "missing StudyInstanceUID or SeriesInstanceUID: cannot group it")
+    return None
+
+
+def non_image_object(sop_class_uid: str, modality: str) -> str | None:
+    """Describe a non-image object (SR, SEG, PR, KO, RT, waveform, ...) from its SOP class or modality."""
+    for prefix, description in _NON_IMAGE_CLASSES.items():
+        if sop_class_uid.startswith(prefix) and sop_class_uid != "1.2.840.10008.5.1.4.1.1.481.1":  # RT Image
+            return f"{description} ({uid_name(sop_class_uid)})"
+    if modality in _NON_IMAGE_MODALITIES:
+        return f"{_NON_IMAGE_MODALITIES[modality]} (modality {modality})"
+    return None
+
+
+@lru_cache(maxsize=64)
+def transfer_syntax_problem(uid: str, decoder: CoderBase | None = None) -> str | None:
+    """None when an installed plugin decodes ``uid``; else a one-line message saying what to install.
+
+    ``decoder`` defaults to pydicom's registered decoder for the UID.
+    """
+    name = uid_name(uid)
+    if decoder is None:
+        try:
+            decoder = get_decoder(uid)
+        except NotImplementedError:
+            return (f"transfer syntax {name} ({uid}) has no pixel decoder in pydicom: convert the file to an "
+                    "uncompressed or JPEG/JPEG 2000/RLE syntax (e.g. dcmtk `dcmconv +te` or `gdcmconv --raw`)")
+    if decoder.is_available:
+        return None
+    missing = decoder.missing_dependencies
+    missing.sort(key=lambda line: next((i for i, p in enumerate(_PLUGIN_PREFERENCE) if line.startswith(p)), 99))
+    packages = [_requirements(line) for line in missing]
+    hint = " ".join(f"'{p}'" for p in packages[0]) if packages else "a decoder plugin"
+    others = "; ".join(" ".join(group) for group in packages[1:])
+    return f"{name} pixel data needs a decoder: pip install {hint}" + (f" (or: {others})" if others else "")
+
+
+def _requirements(missing_line: str) -> list[str]:
+    """Parse pydicom's 'label - requires a>=1, b and c' into ['a>=1', 'b', 'c']."""
+    _, _, requires = missing_line.partition(" - requires ")
+    return [p.strip() for p in re.split(r",| and ", requires) if p.strip()]
+
+
+def photometric_problem(photometric: str, kind: str | None, allow_color: bool) -> str | None:
+    """None for MONOCHROME1/2 (and colour X-rays when allowed), else a one-line message."""
+    if photometric in MONOCHROME:
+        return None
+    if photometric in COLOUR and kind == "xray":
+        return None if allow_color else (f"colour X-ray ({photometric}): set allow_color in the selection rules "
+                                         "to convert it to greyscale")
+    return (f"photometric interpretation {photometric or '(none)'} is not supported for {kind or 'this'} images: "
+            "only MONOCHROME1/MONOCHROME2")
+
+
+def _group(headers: list[InstanceHeader]) -> list[list[InstanceHeader]]:
+    """X-rays and multi-frame files alone; MR single-frame slices by (study, series); each group path-sorted."""
+    groups: dict[tuple[str, ...], list[InstanceHeader]] = {}
+    for header in headers:
+        alone = kind_of(header.modality) == "xray" or header.number_of_frames > 1
+        key = (header.study_uid, header.series_uid, header.path if alone else "")
+        groups.setdefault(key, []).append(header)
+    return [sorted(groups[key], key=lambda h: h.path) for key in sorted(groups)]
+
+
+def _build_series(headers: list[InstanceHeader], rules: SelectionRules) -> Series | Rejected:
+    """Series-level checks (localizer, selection, geometry, slice count), then the ``Series``."""
+    first = headers[0]
+    count = f"series of {len(headers)} file{'s' if len(headers) > 1 else ''}"
+    if _is_localizer(headers, rules):
+        return Rejected(first.path, LOCALIZER, f"localizer/scout images ({count}, '{first.series_description}'): "
+                        "not diagnostic, skipped")
+    why_not = _selection_miss(first.series_description, rules)
+    if why_not:
+        return Rejected(first.path, NOT_SELECTED, f"{why_not} ({count}): change the selection rules to include it")
+    if kind_of(first.modality) == "xray":
+        return _make_series(first, [first], None, None)
+    try:
+        stack = series_stack(headers)
+    except DicomError as error:
+        return Rejected(first.path, error.reason_code, f"{error.message} ({count})")
+    if len(stack.order) < rules.min_slices:
+        slices = f"{len(stack.order)} slice{'s' if len(stack.order) != 1 else ''}"
+        return Rejected(first.path, TOO_FEW_SLICES, f"MR volume with {slices}, fewer than min_slices="
+                        f"{rules.min_slices} ({count}): lower min_slices to use it")
+    order = tuple(int(i) for i in stack.order)
+    if first.number_of_frames > 1:
+        return _make_series(first, [first], stack, order)
+    return _make_series(first, [headers[i] for i in order], stack, None)
+
+
+def series_stack(headers: Sequence[InstanceHeader]) -> StackGeometry:
+    """Check and order the frames of one MR series (path order) as ``read.read_volume`` does with their files.
+
+    Raises the reader's ``DicomError``: the first file whose frames cannot be placed, else ``stack_geometry``'s.
+    """
+    for header in headers:
+        if header.geometry_error is not None:
+            raise DicomError(header.geometry_error.reason_code, header.geometry_error.message)
+    return stack_geometry([frame for header in headers for frame in header.frames], headers[0].single_slice_spacing)
+
+
+def _is_localizer(headers: list[InstanceHeader], rules: SelectionRules) -> bool:
+    """ImageType matches image_type_exclude, or (MR) SeriesDescription looks like a localizer."""
+    patterns = [re.compile(p, re.IGNORECASE) for p in rules.image_type_exclude]
+    if any(p.fullmatch(value) for h in headers for value in h.image_type for p in patterns):
+        return True
+    description = headers[0].series_description
+    return kind_of(headers[0].modality) == "mri" and bool(re.search(rules.localizer_description, description, re.I))
+
+
+def _selection_miss(description: str, rules: SelectionRules) -> str | None:
+    """Why the series description fails the include/exclude rules, or None."""
+    include, exclude = rules.series_description_include, rules.series_description_exclude
+    if include and not any(re.search(p, description, re.IGNORECASE) for p in include):
+        return f"series description '{description}' matches no series_description_include pattern"
+    hit = next((p for p in exclude if re.search(p, description, re.IGNORECASE)), None)
+    return f"series description '{description}' matches series_description_exclude '{hit}'" if hit else None
+
+
+def _make_series(first: InstanceHeader, members: list[InstanceHeader], stack: StackGeometry | None,
+                 frame_order: tuple[int, ...] | None) -> Series:
+    """Assemble a ``Series`` from its first (path-sorted) header, its ordered member files and (MR) its stack."""
+    frames = [frame for header in members for frame in header.frames]
+    if frame_order is not None:
+        frames = [frames[i] for i in frame_order]
+    return Series(
+        study_uid=first.study_uid, series_uid=first.series_uid, patient_id=first.patient_id,
+        modality=first.modality, kind="xray" if stack is None else "mri", files=tuple(h.path for h in members),
+        multiframe=frame_order is not None, rows=first.rows, columns=first.columns,
+        num_slices=1 if stack is None else len(stack.order),
+        pixel_spacing=first.pixel_spacing or (1.0, 1.0), pixel_spacing_source=first.pixel_spacing_source,
+        slice_spacing=None if stack is None else stack.spacing[2],
+        orientation=None if stack is None else first.orientation,
+        positions=() if stack is None else tuple(frame.position for frame in frames), frame_order=frame_order,
+        manufacturer=first.manufacturer, series_description=first.series_description, body_part=first.body_part,
+        transfer_syntax=first.transfer_syntax, photometric=first.photometric, sop_class_uid=first.sop_class_uid,
+        image_type=first.image_type,
+    )

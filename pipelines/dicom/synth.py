@@ -1,0 +1,485 @@
+"""Synthetic cohorts written as real DICOM files, for the demo and the tests (no data can be downloaded).
+
+``write_cohort`` writes ``out/dicom/study_NNNN/series_NN/img_NNNN.dcm`` (neutral numbering, no identifiers in
+paths), ``out/labels.csv`` (``StudyInstanceUID,label``), ``out/identities.csv`` (every made-up PatientName,
+PatientID, PatientBirthDate and AccessionNumber, so tests can check that none leaks) and ``out/cohort.json``
+(parameters and counts; it also marks the folder as ours, so a rerun may replace ``out/dicom``).
+
+The files carry what real scanners write and readers trip over: CR and DX radiographs (MONOCHROME1 for a
+share, rescale slopes other than 1, rectangular detectors, DX without rescale tags), MR series with axial,
+oblique and sagittal geometry whose InstanceNumber does not always follow position, localizer series, and
+lossless compressed transfer syntaxes. Same arguments, same bytes: UIDs come from the seed, dates are fixed.
+Anatomy and lesions are drawn by :mod:`pipelines.dicom.phantoms`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_encoder
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
+
+from pipelines.dicom import phantoms
+
+__all__ = ["CohortSummary", "write_cohort"]
+
+ENCODER_PLUGINS = {  # lossless transfer syntax -> encoding plugins, in order of preference
+    RLELossless: ("pylibjpeg", "pydicom"),
+    JPEGLSLossless: ("pyjpegls",),
+    JPEG2000Lossless: ("pylibjpeg",),
+}
+SOP_CLASSES = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation,
+               "MR": MRImageStorage}
+MARKER = "cohort.json"
+KIND_CODES = {"xray": 1, "mri": 2}
+LAST_NAMES = ("DOE", "ROE", "SMITH", "MILLER", "NOVAK", "GARCIA", "KOWALSKI", "BERG", "OKAFOR", "TANAKA",
+              "ROSSI", "DUBOIS", "SILVA", "NIELSEN", "MOREAU", "FISCHER", "PETROV", "WALSH", "HAAS", "LINDQVIST")
+FIRST_NAMES = {"F": ("JANE", "ANNA", "MARIA", "ELENA", "SOFIA", "LENA", "CLARA", "NORA", "IDA", "EVA"),
+               "M": ("JOHN", "PETER", "LUCAS", "OMAR", "HUGO", "KARL", "MARCO", "IVAN", "LEO", "TOMAS")}
+VENDORS = (("NORTHWIND MEDICAL", "NW-Rad 500", 12, "1.5"), ("HELIX IMAGING", "Helix Vista", 16, "3"),
+           ("ORBIS HEALTH", "Orbis Prime", 12, "3"))  # name, model, MR BitsStored, MR field strength (T)
+FIRST_STUDY_DAY = dt.date(2021, 3, 1)
+AXIAL, SAGITTAL, CORONAL = ((1, 0, 0), (0, 1, 0)), ((0, 1, 0), (0, 0, -1)), ((1, 0, 0), (0, 0, -1))
+
+
+@dataclass(frozen=True)
+class CohortSummary:
+    """What ``write_cohort`` wrote: counts, and where the label and identity lists are."""
+
+    kind: str
+    patients: int
+    studies: int
+    series: int
+    files: int
+    abnormal: int
+    dicom_root: Path
+    labels_csv: Path
+    identities_csv: Path
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A made-up patient; only ever written inside DICOM headers and identities.csv."""
+
+    name: str
+    patient_id: str
+    birth_date: str
+    sex: str
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything decided about one study before its pixels are drawn."""
+
+    index: int
+    patient: Patient
+    uid: str
+    accession: str
+    date: str
+    time: str
+    abnormal: bool
+    monochrome1: bool = False
+    localizer: bool = False
+    instance_order: str = "ascending"  # ascending | reversed | permuted (InstanceNumber against position)
+    encodings: tuple[str, ...] = ()  # transfer syntax per series, in writing order
+
+
+@dataclass(frozen=True)
+class CohortPlan:
+    """Cohort-wide settings, the studies, and the deterministic UID source."""
+
+    kind: str
+    seed: int
+    difficulty: float
+    image_size: int
+    slices: int
+    studies: tuple[StudyPlan, ...]
+    forbidden_in_uids: frozenset[str] = field(default_factory=frozenset)
+    key: str = ""
+
+    def uid(self, *parts: object) -> str:
+        """A UID fixed by the cohort and ``parts``; never contains a birth date (leak checks stay exact)."""
+        for salt in range(1000):
+            uid = generate_uid(entropy_srcs=[self.key, *map(str, parts), str(salt)])
+            if not any(s in uid for s in self.forbidden_in_uids):
+                return uid
+        raise RuntimeError("could not draw a UID free of identity strings")
+
+    def rng(self, study: StudyPlan, purpose: int) -> np.random.Generator:
+        """Generator for one study and purpose (0 header, 1 anatomy, 2 lesions, 3 noise)."""
+        return np.random.default_rng([self.seed, KIND_CODES[self.kind], study.index, purpose])
+
+
+def available_encodings() -> dict[str, str]:
+    """Lossless transfer syntaxes that the installed packages can encode, with the plugin to use."""
+    found = {}
+    for syntax, plugins in ENCODER_PLUGINS.items():
+        encoder = get_encoder(syntax)
+        usable = [p for p in plugins if p in encoder.available_plugins]
+        if usable:
+            found[syntax] = usable[0]
+    return found
+
+
+def exact_share(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray:
+    """Boolean flags with exactly round(n * fraction) set, at random positions."""
+    flags = np.zeros(n, dtype=bool)
+    flags[rng.permutation(n)[: int(round(n * float(np.clip(fraction, 0.0, 1.0))))]] = True
+    return flags
+
+
+def patients_for_studies(rng: np.random.Generator, studies: int, multi_fraction: float) -> list[int]:
+    """Patient index of each study: about ``multi_fraction`` of studies belong to patients with 2-3 studies."""
+    remaining = int(round(studies * np.clip(multi_fraction, 0.0, 1.0)))
+    remaining = 2 if remaining == 1 and studies >= 2 else remaining
+    sizes = []
+    while remaining >= 2:
+        size = 3 if remaining == 3 or (remaining >= 5 and rng.random() < 0.35) else 2
+        sizes.append(size)
+        remaining -= size
+    sizes += [1] * (studies - sum(sizes))
+    owners = np.repeat(np.arange(len(sizes)), sizes)
+    return owners[rng.permutation(studies)].tolist()
+
+
+def make_patients(rng: np.random.Generator, count: int) -> list[Patient]:
+    """Distinct made-up patients: ``LAST^FIRST`` names, ``PID`` + 6 digits, birth dates 1940-2003."""
+    ids = rng.choice(900_000, size=count, replace=False) + 100_000
+    combos = rng.permutation(len(LAST_NAMES) * len(FIRST_NAMES["F"]) * 2)
+    patients = []
+    for i in range(count):
+        combo = int(combos[i % len(combos)])
+        sex = "FM"[combo % 2]
+        first = FIRST_NAMES[sex][(combo // 2) % len(FIRST_NAMES[sex])]
+        name = f"{LAST_NAMES[combo // (2 * len(FIRST_NAMES[sex]))]}^{first}"
+        name += f"^{chr(65 + i // len(combos) - 1)}" if i >= len(combos) else ""
+        birth = dt.date(int(rng.integers(1940, 2004)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+        patients.append(Patient(name, f"PID{ids[i]:06d}", birth.strftime("%Y%m%d"), sex))
+    return patients
+
+
+def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float = 0.5,
+                difficulty: float = 0.5, image_size: int | None = None, slices: int | None = None,
+                monochrome1_fraction: float = 0.25, compressed_fraction: float = 0.3,
+                localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
+                shuffle_instance_numbers: bool = True) -> CohortPlan:
+    """Decide patients, labels, dates, UIDs, photometric, localizers, slice order and encodings."""
+    if kind not in ("xray", "mri"):
+        raise ValueError(f"kind must be 'xray' or 'mri', not {kind!r}")
+    if studies < 1:
+        raise ValueError("studies must be at least 1")
+    rng = np.random.default_rng([seed, KIND_CODES[kind], 7919])
+    owners = patients_for_studies(rng, studies, multi_study_fraction)
+    patients = make_patients(rng, max(owners) + 1)
+    days = rng.integers(0, 1000, studies)
+    for owner in set(owners):  # a patient's studies in date order, in folder order
+        mine = [i for i in range(studies) if owners[i] == owner]
+        days[mine] = np.sort(days[mine])
+    accessions = rng.choice(9_000_000, size=studies, replace=False) + 1_000_000
+    abnormal = exact_share(rng, studies, abnormal_fraction)
+    mono1 = exact_share(rng, studies, monochrome1_fraction if kind == "xray" else 0.0)
+    localizer = exact_share(rng, studies, localizer_fraction if kind == "mri" else 0.0)
+    shuffled = exact_share(rng, studies, 0.5 if kind == "mri" and shuffle_instance_numbers else 0.0)
+    key = "|".join(map(str, ("medvit-synth", kind, seed, studies, abnormal_fraction, difficulty, image_size, slices,
+                             monochrome1_fraction, compressed_fraction, localizer_fraction, multi_study_fraction,
+                             shuffle_instance_numbers)))
+    plan = CohortPlan(kind=kind, seed=seed, difficulty=float(difficulty), key=key,
+                      image_size=image_size or (256 if kind == "xray" else 64), slices=slices or 24,
+                      forbidden_in_uids=frozenset(p.birth_date for p in patients), studies=())
+    plans = []
+    for i in range(studies):
+        date = FIRST_STUDY_DAY + dt.timedelta(days=int(days[i]))
+        order = "ascending" if not shuffled[i] else ("reversed", "permuted")[int(shuffled[:i].sum()) % 2]
+        plans.append(StudyPlan(
+            index=i, patient=patients[owners[i]], uid=plan.uid("study", i), accession=f"ACC{accessions[i]:07d}",
+            date=date.strftime("%Y%m%d"), time=f"{rng.integers(7, 19):02d}{rng.integers(0, 60):02d}00",
+            abnormal=bool(abnormal[i]), monochrome1=bool(mono1[i]), localizer=bool(localizer[i]),
+            instance_order=order))
+    series = [(i, s) for i, p in enumerate(plans) for s in range(1 + p.localizer)]
+    compressed = exact_share(rng, len(series), compressed_fraction if available_encodings() else 0.0)
+    syntaxes = list(available_encodings()) or [ExplicitVRLittleEndian]
+    chosen = iter(syntaxes[n % len(syntaxes)] for n in range(len(series)))
+    encodings: dict[int, list[str]] = {i: [] for i in range(studies)}
+    for (i, _), packed in zip(series, compressed, strict=True):
+        encodings[i].append(next(chosen) if packed else ExplicitVRLittleEndian)
+    return replace(plan, studies=tuple(replace(p, encodings=tuple(encodings[p.index])) for p in plans))
+
+
+def ds_str(value: float, decimals: int = 4) -> str:
+    """A DICOM DS string (at most 16 characters) for ``value``."""
+    text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def base_dataset(study: StudyPlan, modality: str, vendor: tuple) -> Dataset:
+    """Patient, study, equipment and SOP common module attributes shared by every instance of a study."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SOP_CLASSES[modality]
+    patient = study.patient
+    ds.PatientName, ds.PatientID = patient.name, patient.patient_id
+    ds.PatientBirthDate, ds.PatientSex = patient.birth_date, patient.sex
+    ds.PatientAge = f"{(int(study.date) - int(patient.birth_date)) // 10000:03d}Y"
+    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study.uid, study.date, study.time
+    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = study.accession, str(study.index + 1), ""
+    ds.StudyDescription = "XR CHEST" if modality != "MR" else "MR BRAIN WO CONTRAST"
+    ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, vendor[0], vendor[1]
+    ds.SoftwareVersions = "4.2.1"
+    for tag in ("Series", "Content", "Acquisition"):
+        setattr(ds, f"{tag}Date", study.date)
+        setattr(ds, f"{tag}Time", study.time)
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.PixelRepresentation = 1, 16, 0
+    return ds
+
+
+def set_pixels(ds: Dataset, stored: np.ndarray, bits_stored: int) -> None:
+    """Attach an unsigned 16-bit single-frame image (values must fit ``bits_stored``)."""
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+
+
+def set_window(ds: Dataset, stored: np.ndarray, slope: float, intercept: float, inverted: bool) -> None:
+    """WindowCenter/Width over the 1st-99th percentile, in rescaled units (mirrored for MONOCHROME1)."""
+    low, high = np.percentile(stored, [1.0, 99.0])
+    centre = (low + high) / 2.0
+    if inverted:
+        centre = (2 ** int(ds.BitsStored) - 1) - centre
+    ds.WindowCenter = ds_str(slope * centre + intercept, 1)
+    ds.WindowWidth = ds_str(max(abs(slope) * (high - low), 1.0), 1)
+
+
+def render_xray(plan: CohortPlan, study: StudyPlan, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chest picture in [0, 1] (bright = dense) and its boolean lesion mask."""
+    chest = phantoms.chest_radiograph(plan.rng(study, 1), rows, cols)
+    if not study.abnormal:
+        return chest.image, np.zeros((rows, cols), dtype=bool)
+    added, mask = phantoms.chest_lesions(plan.rng(study, 2), chest.lung, plan.difficulty)
+    return np.clip(chest.image + added, 0.0, 1.0), mask
+
+
+def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
+    """One CR or DX chest radiograph; MONOCHROME1 stores ``4095 - value`` so the displayed picture is equal."""
+    rng = plan.rng(study, 0)
+    modality, vendor = ("CR", "DX")[int(rng.integers(2))], VENDORS[int(rng.integers(len(VENDORS)))]
+    size = plan.image_size
+    rows, cols = [(size, size), (size, size - size // 8), (size - size // 8, size)][int(rng.choice(3, p=[.7, .2, .1]))]
+    slope, intercept = [(1.0, 0.0), (0.5, 0.0), (2.0, -1024.0)][int(rng.choice(3, p=[.6, .2, .2]))]
+    low, high = rng.uniform(40, 300), rng.uniform(3300, 4050)
+    image, _ = render_xray(plan, study, rows, cols)
+    stored = np.rint(low + image * (high - low)).astype(np.uint16)
+    ds = base_dataset(study, modality, vendor)
+    ds.PhotometricInterpretation = "MONOCHROME1" if study.monochrome1 else "MONOCHROME2"
+    set_pixels(ds, 4095 - stored if study.monochrome1 else stored, 12)
+    if modality == "CR" or slope != 1.0 or rng.random() < 0.5:  # many DX files carry no rescale at all
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = ds_str(slope), ds_str(intercept), "US"
+    set_window(ds, stored, slope, intercept, study.monochrome1)
+    spacing = [ds_str(350.0 / max(rows, cols) * rng.uniform(0.95, 1.05))] * 2
+    if modality == "DX":
+        ds.ImagerPixelSpacing, ds.PresentationIntentType, ds.PixelIntensityRelationship = spacing, "FOR PRESENTATION", "LOG"
+    if modality == "CR" and rng.random() < 0.5:
+        ds.ImagerPixelSpacing = spacing
+    elif modality == "CR" or rng.random() < 0.5:
+        ds.PixelSpacing = spacing
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", ("PA", "AP")[int(rng.random() < 0.3)]
+    ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"CHEST {ds.ViewPosition}"
+    ds.KVP = ds_str(rng.uniform(100, 125), 0)
+    ds.SeriesInstanceUID = plan.uid("series", study.index, 1)
+    ds.SOPInstanceUID = plan.uid("sop", study.index, 1, 1)
+    ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, 1, 1
+    return ds
+
+
+def oblique_axes(rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Axial plane tilted 10-20 degrees about left-right and a few degrees about the head axis."""
+    a, b = np.radians(rng.uniform(10, 20)), np.radians(rng.uniform(-8, 8))
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    turn = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    rot = turn @ tilt
+    return tuple(np.round(rot[:, 0], 6)), tuple(np.round(rot[:, 1], 6))
+
+
+@dataclass(frozen=True)
+class Plane:
+    """Slice geometry: direction cosines (along a row, down a column), pixel spacing (mm), size, first corner."""
+
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    spacing: float
+    size: int
+    corner: np.ndarray
+
+    def points(self) -> np.ndarray:
+        """Patient coordinates (mm) of every pixel centre, shape (size, size, 3)."""
+        steps = np.arange(self.size) * self.spacing
+        return self.corner + steps[None, :, None] * self.row_dir + steps[:, None, None] * self.col_dir
+
+
+def centred_plane(axes: tuple, spacing: float, size: int, centre: np.ndarray) -> Plane:
+    """A plane with the given orientation whose middle pixel lies at ``centre``."""
+    row_dir, col_dir = (np.asarray(a, dtype=float) for a in axes)
+    corner = centre - (size - 1) / 2 * spacing * (row_dir + col_dir)
+    return Plane(row_dir, col_dir, spacing, size, corner)
+
+
+def mr_dataset(plan: CohortPlan, study: StudyPlan, plane: Plane, stored: np.ndarray, common: dict) -> Dataset:
+    """One MR slice: common series attributes plus this slice's geometry and pixels."""
+    ds = base_dataset(study, "MR", common["vendor"])
+    for name, value in common.items():
+        if name != "vendor":
+            setattr(ds, name, value)
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    set_pixels(ds, stored, common["vendor"][2])
+    ds.ImageOrientationPatient = [ds_str(v, 6) for v in (*plane.row_dir, *plane.col_dir)]
+    ds.ImagePositionPatient = [ds_str(v) for v in plane.corner]
+    ds.SliceLocation = ds_str(float(np.dot(plane.corner, np.cross(plane.row_dir, plane.col_dir))))
+    ds.PixelSpacing = [ds_str(plane.spacing)] * 2
+    set_window(ds, stored, float(common.get("RescaleSlope", 1)), float(common.get("RescaleIntercept", 0)), False)
+    return ds
+
+
+def render_mri(plan: CohortPlan, study: StudyPlan, planes: list[Plane]) -> tuple[np.ndarray, np.ndarray]:
+    """T2 intensities (slices, size, size) with noise, and the lesion mask, for one study's head."""
+    head = phantoms.random_head(plan.rng(study, 1))
+    points = np.stack([p.points() for p in planes])
+    clean = phantoms.brain_flair(head, points)
+    mask = np.zeros(clean.shape, dtype=bool)
+    if study.abnormal:
+        added, mask = phantoms.blob_intensity(phantoms.brain_lesions(plan.rng(study, 2), head, plan.difficulty), points)
+        clean = clean + added
+    return phantoms.mr_noise(plan.rng(study, 3), clean, 0.025), mask
+
+
+def mri_series(plan: CohortPlan, study: StudyPlan) -> list[list[Dataset]]:
+    """A localizer (if planned) and the T2 series, each a list of single-frame slices."""
+    rng = plan.rng(study, 0)
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    view = ("AX", "AX OBL", "SAG")[int(rng.choice(3, p=[0.65, 0.2, 0.15]))]
+    axes = {"AX": AXIAL, "SAG": SAGITTAL, "AX OBL": oblique_axes(rng)}[view]
+    size, count = plan.image_size, plan.slices
+    step = float(np.clip(round(150.0 / count, 1), 1.0, 8.0))
+    spacing = round(float(rng.uniform(220, 250)) / size, 4)
+    centre = rng.uniform(-5, 5, 3)
+    normal = np.cross(*(np.asarray(a, dtype=float) for a in axes))
+    planes = [centred_plane(axes, spacing, size, centre + (k - (count - 1) / 2) * step * normal) for k in range(count)]
+    planes = [replace(p, corner=np.round(p.corner, 4)) for p in planes]
+    slope, intercept = [(1.0, 0.0), (2.0, 0.0), (0.8, 0.0)][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
+    values, _ = render_mri(plan, study, planes)
+    stored = np.clip(np.rint(values * 2000.0 / slope), 0, 2 ** vendor[2] - 1).astype(np.uint16)
+    order = {"ascending": np.arange(count), "reversed": np.arange(count)[::-1],
+             "permuted": np.roll(rng.permutation(count), 1)}[study.instance_order]
+    common = {"vendor": vendor, "MagneticFieldStrength": vendor[3], "ImagedNucleus": "1H",
+              "ImagingFrequency": ds_str(42.577 * float(vendor[3]), 3), "ScanningSequence": "SE",
+              "SequenceVariant": ["SK", "SP"], "MRAcquisitionType": "2D", "RepetitionTime": "4000",
+              "EchoTime": ds_str(rng.uniform(90, 110), 1), "SliceThickness": ds_str(step - (step > 3) * 1.0),
+              "SpacingBetweenSlices": ds_str(step), "RescaleSlope": ds_str(slope),
+              "RescaleIntercept": ds_str(intercept), "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
+              "BodyPartExamined": "HEAD", "PatientPosition": "HFS", "PositionReferenceIndicator": "",
+              "FrameOfReferenceUID": plan.uid("frame", study.index), "AcquisitionNumber": 1}
+    series = []
+    if study.localizer:
+        scout = [centred_plane(a, 280.0 / size, size, centre) for a in (AXIAL, SAGITTAL, CORONAL)]
+        scout = [replace(p, corner=np.round(p.corner, 4)) for p in scout]
+        scout_values, _ = render_mri(plan, study, scout)
+        extra = {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "SeriesDescription": "localizer",
+                 "ScanningSequence": "GR", "SliceThickness": "8", "SpacingBetweenSlices": None}
+        series.append((scout, np.clip(np.rint(scout_values * 1500), 0, 4095).astype(np.uint16), np.arange(3), {**common, **extra}))
+    extra = {"SeriesDescription": f"T2 {view}", "ProtocolName": f"T2_{view.replace(' ', '_')}"}
+    series.append((planes, stored, order, {**common, **extra}))
+    datasets = []
+    for number, (slice_planes, pixels, numbers, attrs) in enumerate(series, start=1):
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        attrs |= {"SeriesNumber": number, "SeriesInstanceUID": plan.uid("series", study.index, number)}
+        datasets.append([])
+        for k, plane in enumerate(slice_planes):
+            ds = mr_dataset(plan, study, plane, pixels[k], attrs)
+            ds.InstanceNumber = int(numbers[k]) + 1
+            ds.SOPInstanceUID = plan.uid("sop", study.index, number, ds.InstanceNumber)
+            datasets[-1].append(ds)
+    return datasets
+
+
+def save_dataset(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> None:
+    """Write ``ds`` as a DICOM file (preamble, DICM, file meta), lossless-compressing it if asked."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if transfer_syntax != ExplicitVRLittleEndian:
+        plugin = available_encodings()[transfer_syntax]
+        ds.compress(transfer_syntax, encoding_plugin=plugin, generate_instance_uid=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def prepare_output(out: Path) -> Path:
+    """Create ``out/dicom``; replace it only when ``out`` holds an earlier synthetic cohort."""
+    root = out / "dicom"
+    if root.exists() and any(root.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"{root} holds files not written by medvit synth; choose an empty folder")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write a small CSV with Unix line endings."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: int = 0, *,
+                 abnormal_fraction: float = 0.5, difficulty: float = 0.5,
+                 image_size: int | None = None, slices: int | None = None,
+                 monochrome1_fraction: float = 0.25, compressed_fraction: float = 0.3,
+                 localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
+                 shuffle_instance_numbers: bool = True) -> CohortSummary:
+    """Write a synthetic X-ray or MRI cohort as DICOM under ``out`` (see the module docstring)."""
+    out = Path(out)
+    plan = plan_cohort(kind, studies, seed, abnormal_fraction=abnormal_fraction, difficulty=difficulty,
+                       image_size=image_size, slices=slices, monochrome1_fraction=monochrome1_fraction,
+                       compressed_fraction=compressed_fraction, localizer_fraction=localizer_fraction,
+                       multi_study_fraction=multi_study_fraction, shuffle_instance_numbers=shuffle_instance_numbers)
+    root = prepare_output(out)
+    n_series = n_files = 0
+    for study in plan.studies:
+        series = [[xray_dataset(plan, study)]] if kind == "xray" else mri_series(plan, study)
+        for number, (datasets, syntax) in enumerate(zip(series, study.encodings, strict=True), start=1):
+            for ds in datasets:
+                path = root / f"study_{study.index:04d}" / f"series_{number:02d}" / f"img_{ds.InstanceNumber:04d}.dcm"
+                save_dataset(ds, path, syntax)
+            n_series, n_files = n_series + 1, n_files + len(datasets)
+    labels, identities = out / "labels.csv", out / "identities.csv"
+    write_csv(labels, ["StudyInstanceUID", "label"],
+              [[s.uid, "abnormal" if s.abnormal else "normal"] for s in plan.studies])
+    write_csv(identities, ["PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"],
+              [[s.patient.name, s.patient.patient_id, s.patient.birth_date, s.accession] for s in plan.studies])
+    summary = CohortSummary(kind=kind, patients=len({s.patient.patient_id for s in plan.studies}), studies=studies,
+                            series=n_series, files=n_files, abnormal=sum(s.abnormal for s in plan.studies),
+                            dicom_root=root, labels_csv=labels, identities_csv=identities)
+    record = {"generator": "medvit synth", "kind": kind, "seed": seed, "difficulty": difficulty,
+              "abnormal_fraction": abnormal_fraction, "image_size": plan.image_size, "slices": plan.slices,
+              "counts": {k: getattr(summary, k) for k in ("patients", "studies", "series", "files", "abnormal")}}
+    (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,89 @@
+"""Ingest: scan DICOM folders, join labels, pseudonymize, split by patient, write manifest + errors + data card."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import PipelineConfig, dump_config
+from ..datacard import render_data_card
+from ..dicom.reasons import UNSUPPORTED_MODALITY, Rejected
+from ..dicom.scan import ScanResult, SelectionRules, scan
+from ..labels import read_labels
+from ..manifest import build_manifest, write_errors, write_manifest
+from ..privacy import Pseudonymizer, load_or_create_key
+from ..splits import assign_splits
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest_path: Path
+    errors_path: Path
+    data_card_path: Path
+    config_path: Path
+    manifest: pd.DataFrame
+    errors: pd.DataFrame
+    n_files: int
+    digest: str
+
+
+def selection_rules(config: PipelineConfig) -> SelectionRules:
+    sel = config.data.selection
+    return SelectionRules(
+        modalities=tuple(sel.modalities),
+        series_description_include=tuple(sel.series_description_include),
+        series_description_exclude=tuple(sel.series_description_exclude),
+        image_type_exclude=tuple(sel.image_type_exclude),
+        min_slices=sel.min_slices,
+        allow_color=sel.allow_color,
+    )
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """Stable content digest of the manifest (series, files, labels, splits)."""
+    stable = manifest[["study_uid", "series_uid", "label", "split"]].astype(str)
+    stable = stable.assign(files=manifest["files"].map(lambda fs: "|".join(fs)))
+    return hashlib.sha256(stable.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def _other_kind(scanned: ScanResult, kind: str) -> list[Rejected]:
+    return [
+        Rejected(s.files[0], UNSUPPORTED_MODALITY,
+                 f"{s.modality} series is {s.kind}, but data.kind is {kind}: ingest it with a {s.kind} config")
+        for s in scanned.series if s.kind != kind
+    ]
+
+
+def run_ingest(config: PipelineConfig, *, progress: bool = False) -> IngestResult:
+    """Entry point of the ingest stage."""
+    out = config.output.dir
+    out.mkdir(parents=True, exist_ok=True)
+    scanned = scan([config.data.dicom_root], selection_rules(config), workers=config.data.workers, progress=progress)
+    labels, label_errors = ({}, [])
+    if config.data.labels is not None:
+        labels, label_errors = read_labels(config.data.labels, config.data.study_column, config.data.label_column)
+    key_file = config.privacy.key_file or out / ".pseudonym_key"
+    pseudonym = Pseudonymizer(load_or_create_key(config.privacy.key_env, key_file))
+    usable = [s for s in scanned.series if s.kind == config.data.kind]
+    manifest = build_manifest(usable, labels, pseudonym, config.data.dicom_root)
+    manifest["split"] = assign_splits(manifest, config.split.val, config.split.test, config.split.seed)
+    rejected = [*scanned.rejected, *_other_kind(scanned, config.data.kind), *label_errors]
+
+    paths = {name: out / name for name in ("manifest.parquet", "errors.csv", "data_card.md", "config.yaml")}
+    write_manifest(manifest, paths["manifest.parquet"])
+    errors = write_errors(rejected, paths["errors.csv"])
+    digest = manifest_digest(manifest)
+    label_source = (f"labels CSV `{config.data.labels.name}` ({len(labels)} studies)" if config.data.labels
+                    else "none (unlabelled; usable for self-supervised pretraining only)")
+    key_source = (f"environment variable {config.privacy.key_env}" if os.environ.get(config.privacy.key_env)
+                  else f"key file `{key_file.name}` beside the outputs")
+    card = render_data_card(manifest, errors, name=config.name, kind=config.data.kind, digest=digest,
+                            n_files=scanned.n_files, label_source=label_source, key_source=key_source)
+    paths["data_card.md"].write_text(card)
+    paths["config.yaml"].write_text(dump_config(config))
+    return IngestResult(paths["manifest.parquet"], paths["errors.csv"], paths["data_card.md"], paths["config.yaml"],
+                        manifest, errors, scanned.n_files, digest)

@@ -1,0 +1,270 @@
+"""Train: the ViT on the manifest's train split, validated each epoch, checkpointed atomically, resumable.
+
+Reads ``OUTPUT/manifest.parquet`` (from ingest). Writes ``OUTPUT/train/last.safetensors`` (full training
+state, every epoch), ``OUTPUT/train/best.safetensors`` (weights of the best validation AUROC, with the
+model's constructor arguments) and ``OUTPUT/train/summary.json``. Runs under torchrun as DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from tqdm import tqdm
+
+from .. import engine
+from ..checkpoint import load_state, save_state
+from ..config import ConfigError, PipelineConfig
+from ..data import build_dataset
+from ..manifest import read_manifest
+from ..modeling import build_model, model_kwargs, param_groups, save_model
+from ..tracking import stage_run
+
+
+@dataclass
+class TrainResult:
+    best_path: str
+    last_path: str
+    best_epoch: int
+    best_val_auroc: float
+    epochs_run: int
+    stopped_early: bool
+    run_id: str | None
+    history: list[dict[str, float]]
+
+
+def train_dir(config: PipelineConfig) -> Path:
+    return config.output.dir / "train"
+
+
+def load_splits(config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    path = config.output.dir / "manifest.parquet"
+    if not path.is_file():
+        raise ConfigError(f"no manifest at '{path}': run `medvit ingest --config ...` first")
+    manifest = read_manifest(path)
+    labelled = manifest[manifest["label"].notna()]
+    train, val = labelled[labelled["split"] == "train"], labelled[labelled["split"] == "val"]
+    if train.empty or train["label"].nunique() < 2:
+        raise ConfigError(f"the train split of '{path}' needs normal and abnormal studies: label more studies")
+    return manifest, train, val
+
+
+def safe_auroc(labels: list[float], scores: list[float]) -> float:
+    return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float("nan")
+
+
+def val_metrics(model: nn.Module, loader: Any, loss_fn: nn.Module, device: torch.device,
+                amp: torch.dtype | None, info: engine.Dist) -> dict[str, float]:
+    preds = engine.gather_lists(engine.predict(model, loader, device, amp), info)
+    frame = pd.DataFrame(preds).drop_duplicates("series_uid")  # DistributedSampler pads with repeats
+    scores = torch.tensor(frame["score"].to_numpy()).clamp(1e-7, 1 - 1e-7)
+    logits = torch.log(scores) - torch.log1p(-scores)
+    loss = float(loss_fn(logits, torch.tensor(frame["label"].to_numpy(), dtype=torch.float32))) if len(frame) else float("nan")
+    return {"val_auroc": safe_auroc(frame["label"].tolist(), frame["score"].tolist()), "val_loss": loss}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: PipelineConfig, steps: int) -> Any:
+    """Linear warmup then cosine decay to ``train.min_lr``, stepped once per optimizer step."""
+    total = config.train.epochs * steps
+    warmup = min(int(round(config.train.warmup_epochs * steps)), total - 1)
+    eta_min = config.train.min_lr
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=eta_min)
+    if warmup <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+class Trainer:
+    """Holds everything an epoch needs; ``state()`` / ``restore()`` make the run resumable."""
+
+    def __init__(self, config: PipelineConfig, info: engine.Dist, device: torch.device):
+        self.config, self.info, self.device = config, info, device
+        self.manifest, train_rows, val_rows = load_splits(config)
+        self.train_set = build_dataset(train_rows, config, train=True)
+        self.val_set = build_dataset(val_rows, config, train=False) if len(val_rows) else None
+        labels = train_rows["label"].astype(int).to_numpy()
+        n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+        balance = config.train.class_balance
+        pos_weight = torch.tensor([n_neg / n_pos]) if balance == "pos_weight" else None
+        self.sample_weights = ([1 / n_pos if y else 1 / n_neg for y in labels]
+                               if balance == "sampler" and not info.enabled else None)
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
+        self.val_loss_fn = nn.BCEWithLogitsLoss()
+        self.kwargs = model_kwargs(config)
+        engine.seed_everything(config.train.seed)
+        self.module = build_model(self.kwargs).to(device)
+        self.module.set_grad_checkpointing(config.model.grad_checkpointing)
+        self.model: nn.Module = self.module
+        if info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.train.compile:
+            self.model = torch.compile(self.model)
+        self.amp = engine.resolve_amp(config.train.amp, device)
+        self.scaler = engine.make_scaler(device, self.amp)
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, config.train.weight_decay), lr=config.train.lr)
+        n_batches = math.ceil(len(self.train_set) / (config.train.batch_size * info.world_size))
+        self.steps = engine.steps_per_epoch(n_batches, config.train.accumulate)
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps)
+        self.epoch, self.step = 0, 0
+        self.best_auroc, self.best_epoch, self.bad_epochs = -math.inf, -1, 0
+        self.history: list[dict[str, float]] = []
+        self.run_id: str | None = None
+
+    # ---- state ------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": engine.rng_state(), "epoch": self.epoch, "step": self.step, "history": self.history,
+            "best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "run_id": self.run_id, "model_kwargs": json.dumps(self.kwargs),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if json.loads(state["model_kwargs"]) != self.kwargs:
+            raise ConfigError("the checkpoint was trained with another model config: resume with the same "
+                              "config, or train without --resume into a new output.dir")
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        engine.set_rng_state(state["rng"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.best_auroc, self.best_epoch = state["best_auroc"], state["best_epoch"]
+        self.bad_epochs, self.run_id = state["bad_epochs"], state["run_id"]
+
+    # ---- one epoch ----------------------------------------------------------------------------------
+    def train_epoch(self, progress: bool) -> dict[str, float]:
+        cfg = self.config.train
+        loader = engine.make_loader(self.train_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                    shuffle=True, seed=cfg.seed, epoch=self.epoch, info=self.info,
+                                    sample_weights=self.sample_weights, device=self.device)
+        torch.manual_seed(engine.epoch_seed(cfg.seed, self.epoch) + 1 + self.info.rank)  # dropout, drop path
+        self.model.train()
+        total, count, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(total=len(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (progress and self.info.is_main), leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, labels, _) in enumerate(engine.batches(loader, self.device)):
+            last_of_group = (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader)
+            sync = last_of_group or not self.info.enabled
+            context = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else nullcontext()
+            with context, engine.autocast(self.device, self.amp):
+                loss = self.loss_fn(self.model(images).float().reshape(-1), labels)
+            self.scaler.scale(loss / cfg.accumulate).backward()
+            if last_of_group:
+                self._optimizer_step()
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+            seen += len(labels)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+        bar.close()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": engine.mean_across_ranks(total, count, self.info, self.device),
+                "images_per_sec": seen * self.info.world_size / elapsed,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _optimizer_step(self) -> None:
+        if self.config.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.config.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def validate(self) -> dict[str, float]:
+        if self.val_set is None:
+            return {"val_auroc": float("nan"), "val_loss": float("nan")}
+        cfg = self.config.train
+        loader = engine.make_loader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                    shuffle=False, seed=cfg.seed, epoch=self.epoch, info=self.info, device=self.device)
+        return val_metrics(self.model, loader, self.val_loss_fn, self.device, self.amp, self.info)
+
+
+def _improved(trainer: Trainer, auroc: float) -> bool:
+    if math.isnan(auroc):  # no validation data: the latest epoch is the best we know
+        return True
+    return auroc > trainer.best_auroc
+
+
+def run_train(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
+              track: bool = True) -> TrainResult:
+    """Entry point of the train stage."""
+    device_kind = "cuda" if config.train.device == "cuda" or (config.train.device == "auto"
+                                                              and torch.cuda.is_available()) else "cpu"
+    info = engine.init_distributed(device_kind)
+    try:
+        return _train(config, info, resume, progress, track)
+    finally:
+        engine.shutdown_distributed()
+
+
+def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> TrainResult:
+    device = engine.resolve_device(config.train.device, info)
+    engine.set_deterministic(config.train.deterministic)
+    out = train_dir(config)
+    last_path, best_path = out / "last.safetensors", out / "best.safetensors"
+    trainer = Trainer(config, info, device)
+    if resume and last_path.is_file():
+        trainer.restore(load_state(last_path))
+    elif resume and info.is_main:
+        print(f"medvit: --resume: no checkpoint at '{last_path}', starting from epoch 1")
+    stopped_early = False
+    with stage_run(config, "train", enabled=track, run_id=trainer.run_id) as run:
+        trainer.run_id = run.run_id
+        if trainer.epoch == 0 and info.is_main:
+            run.log_manifest(trainer.manifest, _digest(config), context="training")
+            run.set_tags({"medvit.amp": str(trainer.amp).replace("torch.", ""), "medvit.device": device.type,
+                          "medvit.world_size": str(info.world_size)})
+        while trainer.epoch < config.train.epochs:
+            metrics = {**trainer.train_epoch(progress), **trainer.validate()}
+            trainer.epoch += 1
+            trainer.history.append({"epoch": trainer.epoch, **metrics})
+            if _improved(trainer, metrics["val_auroc"]):
+                trainer.best_auroc = metrics["val_auroc"] if not math.isnan(metrics["val_auroc"]) else trainer.best_auroc
+                trainer.best_epoch, trainer.bad_epochs = trainer.epoch, 0
+                if info.is_main:
+                    save_model(best_path, trainer.module, trainer.kwargs,
+                               {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
+            else:
+                trainer.bad_epochs += 1
+            if info.is_main:
+                run.log_metrics(metrics, step=trainer.epoch)
+                save_state(last_path, trainer.state())
+                if progress:
+                    print(f"epoch {trainer.epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            patience = config.train.early_stopping_patience
+            if patience and trainer.bad_epochs >= patience:
+                stopped_early = True
+                break
+        result = TrainResult(str(best_path), str(last_path), trainer.best_epoch,
+                             trainer.best_auroc if trainer.best_auroc > -math.inf else float("nan"),
+                             trainer.epoch, stopped_early, run.run_id, trainer.history)
+        if info.is_main:
+            (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+            run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch})
+            run.log_artifact(out / "summary.json")
+    return result
+
+
+def _digest(config: PipelineConfig) -> str:
+    from .ingest import manifest_digest
+
+    return manifest_digest(read_manifest(config.output.dir / "manifest.parquet"))
+

@@ -1,0 +1,656 @@
+"""Discovery, header reading, truncation detection, classification and grouping of DICOM folders (scan)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels.decoders.base import Decoder
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pipelines.dicom import reasons
+from pipelines.dicom import scan as scan_module
+from pipelines.dicom.geometry import frame_geometries, sort_along_normal
+from pipelines.dicom.headers import InstanceHeader, Skipped, read_header
+from pipelines.dicom.read import read_volume
+from pipelines.dicom.reasons import DicomError
+from pipelines.dicom.scan import (
+    IN_SERIES,
+    SKIPPED,
+    ScanResult,
+    SelectionRules,
+    iter_dicom_files,
+    scan,
+    transfer_syntax_problem,
+)
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+KO_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
+JPEG_XL = "1.2.840.10008.1.2.4.110"  # not known to pydicom 3.0: no decoder registered
+PLACEHOLDER_TS = "9.9.999.99999.9.9.9.999"  # private UID of the same length, patched to JPEG_XL on disk
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+_c1, _s1, _c2, _s2 = np.cos(0.4), np.sin(0.4), np.cos(0.7), np.sin(0.7)
+OBLIQUE = (_c1, _s1, 0.0, -_s1 * _c2, _c1 * _c2, _s2)  # orthonormal, not aligned with any axis
+_uid_counter = iter(range(1, 10**9))
+
+
+def new_uid(prefix: str = "1.2.826.0.1.3680043.10.999") -> str:
+    return f"{prefix}.{next(_uid_counter)}"
+
+
+def make_image(modality: str = "MR", *, sop_class: str | None = None, study: str = "1.2.3.1", series: str = "1.2.3.1.1",
+               rows: int = 4, columns: int = 4, iop=AXIAL, ipp=(0.0, 0.0, 0.0), instance: int = 1,
+               description: str = "T1 AX", image_type=("ORIGINAL", "PRIMARY"), photometric: str = "MONOCHROME2",
+               frames: int | None = None, pixels: bool = True) -> Dataset:
+    """A tiny valid MR slice or CR/DX image (uncompressed, 16-bit grey or 8-bit RGB)."""
+    default_class = {"MR": MR_STORAGE, "CR": CR_STORAGE, "DX": DX_STORAGE}.get(modality, "1.2.840.10008.5.1.4.1.1.7")
+    ds = Dataset()
+    ds.SOPClassUID = sop_class or default_class
+    ds.SOPInstanceUID = new_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.Modality, ds.SeriesDescription = "PAT-1", modality, description
+    ds.ImageType, ds.InstanceNumber, ds.Manufacturer = list(image_type), instance, "ACME"
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    ds.Rows, ds.Columns, ds.PhotometricInterpretation = rows, columns, photometric
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.BitsAllocated = ds.BitsStored = 8 if colour else 16
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
+    if colour:
+        ds.PlanarConfiguration = 0
+    if modality == "MR":
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = list(iop), list(ipp)
+        ds.PixelSpacing = [0.5, 0.5]
+    else:
+        ds.ImagerPixelSpacing = [0.2, 0.2]
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    if pixels:
+        ds.PixelData = bytes(rows * columns * ds.SamplesPerPixel * ds.BitsAllocated // 8 * (frames or 1))
+    return ds
+
+
+def write(ds: Dataset, path: Path, *, preamble: bool = True, syntax: str = ExplicitVRLittleEndian) -> Path:
+    """Write ``ds`` as a DICOM file (with preamble and meta) or as a bare data set (no preamble)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not preamble:
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+        return path
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    implicit = syntax == ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return path
+
+
+def write_jpeg_xl(path: Path) -> Path:
+    """An MR slice with encapsulated pixel data in the JPEG XL transfer syntax (pydicom cannot write it)."""
+    ds = make_image("MR", series=new_uid())
+    ds.PixelData = encapsulate([b"\xff\x0a" + bytes(30)])
+    ds["PixelData"].VR = "OB"
+    write(ds, path, syntax=PLACEHOLDER_TS)
+    path.write_bytes(path.read_bytes().replace(PLACEHOLDER_TS.encode(), JPEG_XL.encode()))
+    return path
+
+
+def normal_of(iop) -> np.ndarray:
+    return np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+
+
+def shear_of(iop, seed: int = 0) -> np.ndarray:
+    """The in-plane offset per slice that ``write_mr_series`` adds (like gantry tilt) for this seed."""
+    rng = random.Random(seed)
+    return rng.uniform(-3, 3) * np.asarray(iop[:3]) + rng.uniform(-3, 3) * np.asarray(iop[3:])
+
+
+def write_mr_series(folder: Path, *, iop=AXIAL, n: int = 10, step: float = 2.5, series: str | None = None,
+                    seed: int = 0, **kw) -> list[Path]:
+    """An MR series whose file names and InstanceNumbers are shuffled against position; returns the
+    files in true position order (ascending along the slice normal).
+
+    Slice origins are sheared in-plane by ``shear_of(iop, seed)`` per slice, as with gantry tilt: a regular
+    stack whose raw coordinates (e.g. z alone, or x then y then z) do not give the order along the normal."""
+    rng = random.Random(seed)
+    series = series or new_uid()
+    normal, shear = normal_of(iop), shear_of(iop, seed)
+    origin = np.array([-40.0, 12.5, 7.0])
+    names, numbers = rng.sample(range(1000), n), rng.sample(range(1, n + 1), n)
+    paths = []
+    for k in range(n):
+        ipp = tuple(float(v) for v in origin + k * (step * normal + shear))
+        ds = make_image("MR", series=series, iop=iop, ipp=ipp, instance=numbers[k], **kw)
+        paths.append(write(ds, folder / f"im{names[k]:04d}"))
+    return paths
+
+
+def write_enhanced_mr(path: Path, *, n: int = 9, step: float = 3.0, seed: int = 1) -> list[tuple[float, ...]]:
+    """An Enhanced MR multi-frame file with frames stored in shuffled position order; returns positions."""
+    ds = make_image("MR", sop_class=ENHANCED_MR_STORAGE, series=new_uid(), frames=n)
+    for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        delattr(ds, keyword)
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = list(SAGITTAL)
+    measures = Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.7], step
+    shared = Dataset()
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = [orientation], [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    slots = random.Random(seed).sample(range(n), n)
+    positions = [tuple(float(v) for v in (5.0, 1.0, 2.0) + slot * step * normal_of(SAGITTAL)) for slot in slots]
+    frames = []
+    for position in positions:
+        plane = Dataset()
+        plane.ImagePositionPatient = list(position)
+        frame = Dataset()
+        frame.PlanePositionSequence = [plane]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    write(ds, path)
+    return positions
+
+
+def copy_test_file(name: str, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEST_FILES / name, dest)
+    return dest
+
+
+def all_files(root: Path) -> set[str]:
+    """Every non-hidden file under root (what a scan must account for)."""
+    return {str(p) for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                          p.relative_to(root).parts)}
+
+
+def assert_accounted(result: ScanResult, expected_files: set[str]) -> None:
+    """Every file is in exactly one place: a series, one rejection, or the skipped list."""
+    assert set(result.file_outcomes) == expected_files
+    assert result.n_files == len(expected_files)
+    series_files = [f for s in result.series for f in s.files]
+    assert len(series_files) == len(set(series_files))
+    assert {f for f, o in result.file_outcomes.items() if o == IN_SERIES} == set(series_files)
+    assert {f for f, o in result.file_outcomes.items() if o == SKIPPED} == set(result.skipped)
+    for row in result.rejected:
+        if Path(row.path).exists():  # rows for missing roots name no file
+            assert result.file_outcomes[row.path] == row.reason_code
+    rejected_files = {f for f, o in result.file_outcomes.items() if o not in (IN_SERIES, SKIPPED)}
+    assert {r.path for r in result.rejected if Path(r.path).exists()} <= rejected_files
+
+
+def outcome(result: ScanResult, path: Path) -> str:
+    return result.file_outcomes[str(path)]
+
+
+def build_mixed_tree(root: Path) -> dict[Path, str]:
+    """A tree holding every kind of item; returns the expected outcome of each file."""
+    expect: dict[Path, str] = {}
+    cr = make_image("CR", series=new_uid())
+    expect[write(cr, root / "xr" / "foo.txt")] = IN_SERIES
+    expect[write(make_image("DX", series=new_uid()), root / "xr" / "noextension")] = IN_SERIES
+    expect[write(make_image("MR", series=new_uid(), description="T2"), root / "raw" / "bare", preamble=False)] = \
+        reasons.TOO_FEW_SLICES
+    for path in write_mr_series(root / "mr_axial", n=9, seed=3):
+        expect[path] = IN_SERIES
+    (root / "junk").mkdir()
+    (root / "junk" / "notes.dcm").write_text("not a dicom file\n")
+    (root / "junk" / "random.bin").write_bytes(random.Random(7).randbytes(3000))
+    (root / "junk" / "empty").write_bytes(b"")
+    expect.update({root / "junk" / n: reasons.NOT_DICOM for n in ("notes.dcm", "random.bin", "empty")})
+    expect[copy_test_file("MR_truncated.dcm", root / "pyd" / "MR_truncated.dcm")] = reasons.TRUNCATED
+    expect[copy_test_file("CT_small.dcm", root / "pyd" / "CT_small.dcm")] = reasons.UNSUPPORTED_MODALITY
+    expect[copy_test_file("JPEG2000.dcm", root / "pyd" / "JPEG2000.dcm")] = reasons.UNSUPPORTED_MODALITY
+    for name in ("test-SR.dcm", "rtplan.dcm", "rtstruct.dcm", "waveform_ecg.dcm", "liver_1frame.dcm"):
+        expect[copy_test_file(name, root / "pyd" / name)] = reasons.NOT_AN_IMAGE
+    expect[copy_test_file("no_meta.dcm", root / "pyd" / "no_meta.dcm")] = reasons.NOT_DICOM
+    expect[copy_test_file("dicomdirtests/DICOMDIR", root / "pyd" / "DICOMDIR")] = SKIPPED
+    seg = make_image("SEG", sop_class=SEG_STORAGE, series=new_uid())
+    expect[write(seg, root / "own" / "seg")] = reasons.NOT_AN_IMAGE
+    expect[write(make_image("MR", series=new_uid(), pixels=False), root / "own" / "nopix")] = reasons.NO_PIXEL_DATA
+    expect[write_jpeg_xl(root / "own" / "jpegxl")] = reasons.UNSUPPORTED_TRANSFER_SYNTAX
+    rgb = make_image("CR", series=new_uid(), photometric="RGB")
+    expect[write(rgb, root / "own" / "rgb_cr")] = reasons.UNSUPPORTED_PHOTOMETRIC
+    expect[write(make_image("DX", series=new_uid(), frames=2), root / "own" / "dx_2frames")] = \
+        reasons.INCONSISTENT_SERIES
+    short = make_image("MR", series=new_uid())
+    short.PixelData = bytes(10)  # rows x columns x 2 bytes = 32 needed
+    expect[write(short, root / "own" / "short_pixels")] = reasons.DECODE_ERROR
+    for path in write_mr_series(root / "scout", n=3, description="3-plane localizer"):
+        expect[path] = reasons.LOCALIZER
+    for path in write_mr_series(root / "excluded", n=9, description="DWI b1000"):
+        expect[path] = reasons.NOT_SELECTED
+    hidden = write(make_image("CR", series=new_uid()), root / ".hidden_dir" / "cr")
+    write(make_image("CR", series=new_uid()), root / "xr" / ".hidden.dcm")
+    assert hidden.exists()
+    return expect
+
+
+RULES = SelectionRules(series_description_exclude=("dwi",))
+SCAN_REASONS = {  # the reason codes scan can emit (labels CSV codes belong to ingest)
+    reasons.NOT_DICOM, reasons.TRUNCATED, reasons.NO_PIXEL_DATA, reasons.NOT_AN_IMAGE,
+    reasons.UNSUPPORTED_TRANSFER_SYNTAX, reasons.UNSUPPORTED_PHOTOMETRIC, reasons.UNSUPPORTED_MODALITY,
+    reasons.INCONSISTENT_SERIES, reasons.TOO_FEW_SLICES, reasons.LOCALIZER, reasons.NOT_SELECTED,
+    reasons.DECODE_ERROR, reasons.UNREADABLE,
+}
+
+
+def test_mixed_tree_outcomes_and_accounting(tmp_path):
+    expect = build_mixed_tree(tmp_path / "data")
+    result = scan([tmp_path / "data", tmp_path / "missing"], RULES)
+    assert {Path(p): o for p, o in result.file_outcomes.items()} == expect
+    assert_accounted(result, all_files(tmp_path / "data"))
+    assert [r.reason_code for r in result.rejected if r.path == str(tmp_path / "missing")] == [reasons.UNREADABLE]
+    emitted = {r.reason_code for r in result.rejected}
+    assert emitted == SCAN_REASONS  # every reason code scan emits is produced by a real file
+    assert all("\n" not in r.message and r.message for r in result.rejected)
+    assert sorted(s.kind for s in result.series) == ["mri", "xray", "xray"]
+
+
+def test_messages_name_the_cause(tmp_path):
+    expect = build_mixed_tree(tmp_path)
+    by_path = {Path(r.path): r for r in scan([tmp_path], RULES).rejected}
+    jxl = by_path[tmp_path / "own" / "jpegxl"].message
+    assert JPEG_XL in jxl and "no pixel decoder" in jxl
+    assert "Segmentation Storage" in by_path[tmp_path / "own" / "seg"].message
+    assert "12-lead ECG" in by_path[tmp_path / "pyd" / "waveform_ecg.dcm"].message
+    assert "allow_color" in by_path[tmp_path / "own" / "rgb_cr"].message
+    scout = next(r for p, r in by_path.items() if r.reason_code == reasons.LOCALIZER)
+    assert "3 files" in scout.message and expect[Path(scout.path)] == reasons.LOCALIZER
+
+
+class SpyPool(ProcessPoolExecutor):
+    """A ProcessPoolExecutor that records the keyword arguments of every pool scan starts."""
+
+    started: list[dict] = []
+
+    def __init__(self, *args, **kwargs):
+        SpyPool.started.append(kwargs)
+        super().__init__(*args, **kwargs)
+
+
+def test_parallel_scan_equals_sequential(tmp_path, monkeypatch):
+    build_mixed_tree(tmp_path)
+    write_enhanced_mr(tmp_path / "enhanced" / "enh.dcm")
+    write_mr_series(tmp_path / "sagittal", iop=SAGITTAL, n=12, seed=5)
+    monkeypatch.setattr(scan_module, "ProcessPoolExecutor", SpyPool)
+    SpyPool.started = []
+    sequential = scan([tmp_path], RULES, workers=0)
+    small = scan([tmp_path], RULES, workers=2)  # fewer files than PARALLEL_MIN_FILES: read sequentially
+    assert SpyPool.started == [] and small.series == sequential.series and small.rejected == sequential.rejected
+    parallel = scan([tmp_path], RULES, workers=2, parallel_min_files=1)
+    (pool,) = SpyPool.started
+    assert pool["max_workers"] == 2 and pool["mp_context"].get_start_method() in ("forkserver", "spawn")
+    assert parallel.series == sequential.series
+    assert parallel.rejected == sequential.rejected
+    assert parallel.file_outcomes == sequential.file_outcomes and parallel.skipped == sequential.skipped
+    assert list(parallel.file_outcomes) == list(sequential.file_outcomes)  # same order too
+    keys = [(s.study_uid, s.series_uid, s.files[0]) for s in sequential.series]
+    assert keys == sorted(keys) and [r.path for r in sequential.rejected] == sorted(r.path for r in sequential.rejected)
+    assert len(sequential.series) == 5
+
+
+def test_discovery_by_content_not_extension(tmp_path):
+    dicom_txt = write(make_image("CR", series=new_uid()), tmp_path / "foo.txt")
+    bare = write(make_image("CR", series=new_uid()), tmp_path / "sub" / "IM0001")
+    write(make_image("CR", series=new_uid()), tmp_path / ".hidden.dcm")
+    write(make_image("CR", series=new_uid()), tmp_path / ".cache" / "x.dcm")
+    (tmp_path / "fake.dcm").write_text("hello")
+    (tmp_path / "zeros").write_bytes(bytes(1 << 20))
+    (tmp_path / "group8").write_bytes(b"\x08\x00\x10\x00" + random.Random(3).randbytes(5000))  # parses, no UIDs
+    found = list(iter_dicom_files([tmp_path]))
+    junk = [tmp_path / n for n in ("fake.dcm", "group8", "zeros")]
+    assert sorted(found) == sorted([dicom_txt, bare, *junk])
+    assert list(iter_dicom_files([dicom_txt, tmp_path])) == [dicom_txt, *junk, bare]
+    result = scan([tmp_path])
+    assert outcome(result, dicom_txt) == outcome(result, bare) == IN_SERIES
+    assert [outcome(result, p) for p in junk] == [reasons.NOT_DICOM] * 3
+
+
+def test_file_without_preamble_is_read(tmp_path):
+    path = write(make_image("MR", series=new_uid()), tmp_path / "raw", preamble=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    header = read_header(path)
+    assert isinstance(header, InstanceHeader) and header.has_pixel_data and header.modality == "MR"
+    assert header.transfer_syntax == ImplicitVRLittleEndian
+    assert read_header(copy_test_file("rtstruct.dcm", tmp_path / "rts")).modality == "RTSTRUCT"  # no preamble
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
+                                  "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_padded.dcm"])
+def test_mr_small_in_every_encoding(name):
+    header = read_header(TEST_FILES / name)
+    assert isinstance(header, InstanceHeader)
+    assert (header.rows, header.columns, header.has_pixel_data) == (64, 64, True)
+    assert header.orientation == AXIAL and len(header.positions) == 1
+
+
+def test_same_positions_across_files_are_inconsistent(tmp_path):
+    names = [n for n in os.listdir(TEST_FILES) if n.startswith("MR_small")]
+    for name in names:
+        copy_test_file(name, tmp_path / name)
+    result = scan([tmp_path], SelectionRules(min_slices=1))
+    assert [r.reason_code for r in result.rejected] == [reasons.INCONSISTENT_SERIES]
+    assert "repeat the position" in result.rejected[0].message and f"{len(names)} files" in result.rejected[0].message
+    assert set(result.file_outcomes.values()) == {reasons.INCONSISTENT_SERIES}
+
+
+def test_deflated_file_has_pixel_data():
+    header = read_header(TEST_FILES / "image_dfl.dcm")
+    assert isinstance(header, InstanceHeader) and header.has_pixel_data
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_jp2klossless.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_bigendian.dcm", "rtplan.dcm"])
+def test_truncated_copies(tmp_path, name):
+    data = (TEST_FILES / name).read_bytes()
+    target = tmp_path / "cut"
+    pixel_start = data.rfind(b"\xe0\x7f\x10\x00") if name != "MR_small_bigendian.dcm" else data.rfind(b"\x7f\xe0\x00\x10")
+    cuts = {"preamble": 60, "before_dicm": 130, "meta": 150, "dataset": 400, "end_minus_1": len(data) - 1}
+    if "rtplan" not in name:
+        cuts.update({"pixel_header": pixel_start + 6, "pixels": pixel_start + 40, "pixels_late": len(data) - 100})
+    for where, offset in cuts.items():
+        target.write_bytes(data[:offset])
+        got = read_header(target)
+        want = reasons.NOT_DICOM if offset < 132 else reasons.TRUNCATED
+        assert getattr(got, "reason_code", None) == want, (name, where, offset, got)
+    target.write_bytes(data)
+    assert isinstance(read_header(target), InstanceHeader)
+
+
+def test_truncation_sweep_never_passes_as_complete_image(tmp_path):
+    data = (TEST_FILES / "MR_small_RLE.dcm").read_bytes()
+    target = tmp_path / "cut"
+    for offset in range(0, len(data), 37):
+        target.write_bytes(data[:offset])
+        got = read_header(target)
+        if offset < 132:
+            assert got.reason_code == reasons.NOT_DICOM
+        elif isinstance(got, InstanceHeader):
+            assert not got.has_pixel_data  # a cut exactly between two header elements: no pixel data left
+        else:
+            assert got.reason_code == reasons.TRUNCATED, (offset, got)
+
+
+def test_pydicom_truncated_samples():
+    assert read_header(TEST_FILES / "MR_truncated.dcm").reason_code == reasons.TRUNCATED
+    assert read_header(TEST_FILES / "rtplan_truncated.dcm").reason_code == reasons.TRUNCATED
+
+
+def test_dicomdir_is_skipped_and_not_followed(tmp_path):
+    tree = tmp_path / "A"
+    shutil.copytree(TEST_FILES / "dicomdirtests", tree)
+    only_index = scan([tree / "DICOMDIR"])  # its referenced files lie beside it, outside this root
+    assert only_index.skipped == [str(tree / "DICOMDIR")] and only_index.n_files == 1
+    assert not only_index.series and not only_index.rejected
+    renamed = tmp_path / "scan_root" / "index.bin"  # a DICOMDIR found by content, whatever its name
+    copy_test_file("dicomdirtests/DICOMDIR", renamed)
+    by_content = scan([renamed.parent])
+    assert by_content.skipped == [str(renamed)] and set(by_content.file_outcomes) == {str(renamed)}
+    assert isinstance(read_header(renamed), Skipped)
+    whole = scan([tree])
+    assert_accounted(whole, all_files(tree))
+    dicomdirs = {str(p) for p in tree.rglob("DICOMDIR*")}
+    assert set(whole.skipped) == dicomdirs and len(dicomdirs) == 8
+    assert len([s for s in whole.series if s.modality == "CR"]) == 3
+
+
+@pytest.mark.parametrize("iop", [AXIAL, SAGITTAL, OBLIQUE], ids=["axial", "sagittal", "oblique"])
+def test_mr_slices_sorted_by_position_not_instance_number(tmp_path, iop):
+    in_order = write_mr_series(tmp_path, iop=iop, n=10, step=2.5, seed=11)
+    result = scan([tmp_path])
+    (series,) = result.series
+    assert series.files == tuple(str(p) for p in in_order)
+    assert series.files != tuple(sorted(series.files))  # the file names alone would give another order
+    numbers = [pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber for f in series.files]
+    assert numbers != sorted(numbers) and numbers != sorted(numbers, reverse=True)
+    assert series.kind == "mri" and series.num_slices == 10 and not series.multiframe
+    step = 2.5 * normal_of(iop) + shear_of(iop, seed=11)  # the reader's slice step, sheared like gantry tilt
+    assert series.slice_spacing == pytest.approx(np.linalg.norm(step), abs=1e-6)
+    assert read_volume(list(series.files)).spacing[2] == pytest.approx(series.slice_spacing)
+    assert series.orientation == pytest.approx(iop) and series.pixel_spacing == (0.5, 0.5)
+    projections = np.asarray(series.positions) @ normal_of(iop)
+    assert np.all(np.diff(projections) > 0)
+
+
+def test_sort_along_normal_uses_the_normal():
+    positions = [(0, 0, 5), (0, 0, -5), (0, 0, 0)]
+    order, projected = sort_along_normal(AXIAL, positions)
+    assert order == [1, 2, 0] and list(projected) == [-5, 0, 5]
+    order, _ = sort_along_normal(SAGITTAL, [(3, 9, 0), (1, -9, 0), (2, 0, 0)])  # normal is -x
+    assert order == [0, 2, 1]
+
+
+def test_enhanced_multiframe_mr(tmp_path):
+    positions = write_enhanced_mr(tmp_path / "enh.dcm", n=9, step=3.0)
+    (series,) = scan([tmp_path]).series
+    assert series.multiframe and series.num_slices == 9 and series.files == (str(tmp_path / "enh.dcm"),)
+    assert series.slice_spacing == pytest.approx(3.0) and series.pixel_spacing == (0.7, 0.7)
+    assert [positions[i] for i in series.frame_order] == list(series.positions)
+    assert series.frame_order != tuple(range(9))
+    projections = np.asarray(series.positions) @ normal_of(SAGITTAL)
+    assert np.allclose(np.diff(projections), 3.0)
+
+
+def test_frame_geometry_single_and_multiframe(tmp_path):
+    write_enhanced_mr(tmp_path / "enh.dcm", n=4)
+    frames = frame_geometries(pydicom.dcmread(tmp_path / "enh.dcm", stop_before_pixels=True))
+    assert [f.orientation for f in frames] == [SAGITTAL] * 4 and all(f.pixel_spacing == (0.7, 0.7) for f in frames)
+    header = read_header(tmp_path / "enh.dcm")
+    assert header.frames == tuple(frames) and header.orientation == SAGITTAL and header.geometry_error is None
+    (frame,) = frame_geometries(make_image("MR", iop=OBLIQUE, ipp=(1.0, 2.0, 3.0)))
+    assert frame.orientation == pytest.approx(OBLIQUE) and frame.position == (1.0, 2.0, 3.0)
+    with pytest.raises(DicomError) as caught:
+        frame_geometries(make_image("CR"))
+    assert caught.value.reason_code == reasons.INCONSISTENT_SERIES
+    cr = read_header(write(make_image("CR", series=new_uid()), tmp_path / "cr"))
+    assert cr.frames == () and cr.orientation is None and cr.geometry_error.message == caught.value.message
+
+
+def test_mixed_sizes_are_inconsistent(tmp_path):
+    paths = write_mr_series(tmp_path, n=9)
+    odd = make_image("MR", series=pydicom.dcmread(paths[0]).SeriesInstanceUID, rows=8, ipp=(0, 0, 100.0))
+    write(odd, tmp_path / "odd")
+    result = scan([tmp_path])
+    (row,) = result.rejected
+    assert row.reason_code == reasons.INCONSISTENT_SERIES and "4x4" in row.message and "8x4" in row.message
+    assert "10 files" in row.message and not result.series
+    assert set(result.file_outcomes.values()) == {reasons.INCONSISTENT_SERIES} and len(result.file_outcomes) == 10
+
+
+def test_mixed_orientation_and_gaps_are_inconsistent(tmp_path):
+    paths = write_mr_series(tmp_path / "tilt", n=9)
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    write(make_image("MR", series=uid, iop=SAGITTAL, ipp=(0, 0, 90.0)), tmp_path / "tilt" / "z")
+    paths = write_mr_series(tmp_path / "gap", n=10)
+    paths[4].unlink()
+    result = scan([tmp_path], SelectionRules(min_slices=2))
+    by_folder = {Path(r.path).parent.name: r for r in result.rejected}
+    assert [r.reason_code for r in result.rejected] == [reasons.INCONSISTENT_SERIES] * 2
+    assert "ImageOrientationPatient" in by_folder["tilt"].message and "10 files" in by_folder["tilt"].message
+    assert "unevenly spaced (gaps 2.5 to 5 mm)" in by_folder["gap"].message and "9 files" in by_folder["gap"].message
+
+
+def write_slices(folder: Path, positions, edit: Callable[[int, Dataset], None] = lambda k, ds: None) -> list[Path]:
+    """One axial MR series with a slice at each of ``positions``; ``edit(k, ds)`` may alter slice k first."""
+    series = new_uid()
+    paths = []
+    for k, position in enumerate(positions):
+        ds = make_image("MR", series=series, ipp=tuple(float(v) for v in position), instance=k + 1)
+        ds.FrameOfReferenceUID = "1.2.3.1.9"
+        edit(k, ds)
+        paths.append(write(ds, folder / f"s{k:03d}"))
+    return paths
+
+
+def axial_positions(steps) -> np.ndarray:
+    """Slice origins along +z starting at (-40, 12.5, 7) with the given steps between them."""
+    return np.array([-40.0, 12.5, 7.0]) + np.outer(np.concatenate([[0.0], np.cumsum(steps)]), [0.0, 0.0, 1.0])
+
+
+def set_on(index: int, **values) -> Callable[[int, Dataset], None]:
+    """An ``edit`` for ``write_slices`` that sets header values on slice ``index`` only."""
+    def edit(k: int, ds: Dataset) -> None:
+        for keyword, value in values.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+                if keyword == "Rows":
+                    ds.PixelData = bytes(value * ds.Columns * 2)
+    return lambda k, ds: edit(k, ds) if k == index else None
+
+
+def enhanced_missing_frame(folder: Path) -> None:
+    positions = write_enhanced_mr(folder / "enh.dcm", n=9, step=3.0)
+    ds = pydicom.dcmread(folder / "enh.dcm")
+    gone = int(np.argsort(np.asarray(positions) @ normal_of(SAGITTAL))[4])  # the middle slice
+    del ds.PerFrameFunctionalGroupsSequence[gone]
+    ds.NumberOfFrames, ds.PixelData = 8, bytes(4 * 4 * 2 * 8)
+    ds.save_as(folder / "enh.dcm")
+
+
+REGULAR = axial_positions([2.5] * 8)  # 9 evenly spaced axial slices
+JITTER = np.random.default_rng(0).uniform(-0.01, 0.01, REGULAR.shape)  # position rounding of a real scanner
+SHIFT_ONE = 2.0 * np.outer(np.arange(len(REGULAR)) == 4, [1.0, 0.0, 0.0])  # slice 5 moved 2 mm along x only
+
+
+def regular(edit: Callable[[int, Dataset], None]) -> Callable[[Path], object]:
+    return lambda folder: write_slices(folder, REGULAR, edit)
+
+
+GEOMETRY_CASES: dict[str, tuple[Callable[[Path], object], str | None]] = {  # writer, reader's words (None = usable)
+    "good_shuffled_sheared": (lambda f: write_mr_series(f, iop=OBLIQUE, n=9, seed=4), None),
+    "good_with_jitter": (lambda f: write_slices(f, REGULAR + JITTER), None),
+    "good_enhanced_multiframe": (lambda f: write_enhanced_mr(f / "enh.dcm", n=9), None),
+    "good_single_slice": (lambda f: write_slices(f, REGULAR[:1]), None),
+    "missing_slice": (lambda f: write_mr_series(f, n=10)[4].unlink(), "a slice is probably missing"),
+    "missing_frame_enhanced": (enhanced_missing_frame, "a slice is probably missing"),
+    # every step below 1.5 x the median (no "gap"), but no single affine fits these slices
+    "uneven_spacing": (lambda f: write_slices(f, axial_positions([2.5, 2.5, 3.2, 1.8, 2.5, 2.5])), "unevenly spaced"),
+    "shifted_in_plane": (lambda f: write_slices(f, REGULAR + SHIFT_ONE), "within its plane"),
+    "duplicate_position": (lambda f: write_slices(f, axial_positions([2.5, 2.5, 0.0, 2.5, 2.5])), "repeat the position"),
+    "mixed_orientation": (regular(set_on(3, ImageOrientationPatient=list(SAGITTAL))), "another orientation"),
+    "mixed_size": (regular(set_on(5, Rows=8)), "image size"),
+    "mixed_pixel_spacing": (regular(set_on(2, PixelSpacing=[0.5, 0.6])), "PixelSpacing"),
+    "missing_pixel_spacing": (regular(set_on(2, PixelSpacing=None)), "PixelSpacing"),  # the reader assumes 1 mm
+    "other_frame_of_reference": (regular(set_on(4, FrameOfReferenceUID="1.2.3.1.10")), "FrameOfReferenceUID"),
+    "missing_position": (regular(set_on(6, ImagePositionPatient=None)), "has no ImagePositionPatient"),
+    "non_orthogonal_orientation": (regular(set_on(1, ImageOrientationPatient=[1, 0, 0, 0.5, 0.866, 0])),
+                                   "not orthogonal"),
+}
+
+
+@pytest.mark.parametrize("case", GEOMETRY_CASES)
+def test_scan_rejects_exactly_the_series_the_reader_rejects(tmp_path, case):
+    """Ingest must never accept a series that training cannot load, nor drop one it can: same verdict, same words."""
+    writer, words = GEOMETRY_CASES[case]
+    writer(tmp_path)
+    files = sorted(str(p) for p in tmp_path.iterdir())
+    result = scan([tmp_path], SelectionRules(min_slices=1))
+    try:
+        volume, error = read_volume(files), None
+    except DicomError as caught:
+        volume, error = None, caught
+    if words is None:
+        assert error is None and not result.rejected
+        (series,) = result.series
+        assert series.num_slices == volume.pixels.shape[2] and series.slice_spacing == pytest.approx(volume.spacing[2])
+        in_order = read_volume(list(series.files))
+        np.testing.assert_allclose(in_order.affine, volume.affine, atol=1e-9)
+        ras = np.asarray(series.positions) * [-1.0, -1.0, 1.0]
+        ijk = np.c_[np.zeros((len(ras), 2)), np.arange(len(ras)), np.ones(len(ras))]
+        np.testing.assert_allclose((ijk @ volume.affine.T)[:, :3], ras, atol=0.05)  # sorted positions on the grid
+    else:
+        assert error is not None and error.reason_code == reasons.INCONSISTENT_SERIES and words in error.message
+        assert not result.series
+        (row,) = result.rejected
+        assert row.reason_code == error.reason_code
+        assert row.message == f"{error.message} (series of {len(files)} file{'s' if len(files) > 1 else ''})"
+        assert set(result.file_outcomes.values()) == {reasons.INCONSISTENT_SERIES}
+
+
+def test_localizers_rejected_first(tmp_path):
+    write_mr_series(tmp_path / "by_type", n=9, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    write_mr_series(tmp_path / "by_name", n=3, description="Survey_32ch")
+    uid = new_uid()
+    write(make_image("MR", series=uid, ipp=(0, 0, 0), description="scout"), tmp_path / "mixed" / "a")
+    write(make_image("MR", series=uid, ipp=(0, 0, 0), rows=8, description="scout"), tmp_path / "mixed" / "b")
+    result = scan([tmp_path])
+    assert [r.reason_code for r in result.rejected] == [reasons.LOCALIZER] * 3
+    assert not result.series
+
+
+def test_min_slices(tmp_path):
+    write_mr_series(tmp_path, n=5)
+    assert [r.reason_code for r in scan([tmp_path]).rejected] == [reasons.TOO_FEW_SLICES]
+    assert "5 slices" in scan([tmp_path]).rejected[0].message
+    (series,) = scan([tmp_path], SelectionRules(min_slices=5)).series
+    assert series.num_slices == 5
+
+
+def test_selection_rules(tmp_path):
+    t1 = write_mr_series(tmp_path / "t1", n=8, description="T1 AX post")
+    t2 = write_mr_series(tmp_path / "t2", n=8, description="t2_tse_SAG")
+    cr = write(make_image("CR", series=new_uid(), description="Chest PA"), tmp_path / "cr")
+
+    def kept(rules: SelectionRules) -> set[str]:
+        result = scan([tmp_path], rules)
+        assert all(r.reason_code == reasons.NOT_SELECTED for r in result.rejected)
+        return {s.files[0] for s in result.series}
+
+    first = {str(t1[0]), str(t2[0]), str(cr)}
+    assert kept(SelectionRules()) == first
+    assert kept(SelectionRules(series_description_include=("^T1",))) == {str(t1[0])}
+    assert kept(SelectionRules(series_description_include=("t1", "chest"))) == {str(t1[0]), str(cr)}
+    assert kept(SelectionRules(series_description_exclude=("sag", "post"))) == {str(cr)}
+    assert kept(SelectionRules(series_description_include=("t",), series_description_exclude=("SAG",))) == \
+        {str(t1[0]), str(cr)}
+    result = scan([tmp_path], SelectionRules(modalities=("MR",)))
+    assert [r.reason_code for r in result.rejected] == [reasons.UNSUPPORTED_MODALITY]
+
+
+def test_colour_xray_allowed_only_when_configured(tmp_path):
+    path = write(make_image("DX", series=new_uid(), photometric="RGB"), tmp_path / "rgb")
+    write(make_image("MR", series=new_uid(), photometric="PALETTE COLOR"), tmp_path / "palette")
+    assert {r.reason_code for r in scan([tmp_path]).rejected} == {reasons.UNSUPPORTED_PHOTOMETRIC}
+    allowed = scan([tmp_path], SelectionRules(allow_color=True))
+    assert [s.files for s in allowed.series] == [(str(path),)] and allowed.series[0].photometric == "RGB"
+    assert [r.reason_code for r in allowed.rejected] == [reasons.UNSUPPORTED_PHOTOMETRIC]  # palette MR
+
+
+def test_key_object_and_presentation_state_are_not_images(tmp_path):
+    write(make_image("KO", sop_class=KO_STORAGE, series=new_uid(), pixels=False), tmp_path / "ko")
+    write(make_image("PR", sop_class="1.2.840.10008.5.1.4.1.1.11.1", series=new_uid(), pixels=False), tmp_path / "pr")
+    rows = scan([tmp_path]).rejected
+    assert [r.reason_code for r in rows] == [reasons.NOT_AN_IMAGE] * 2
+    assert "Key Object Selection" in rows[0].message and "Presentation State" in rows[1].message
+
+
+def test_transfer_syntax_decoder_check(tmp_path):
+    assert transfer_syntax_problem(ExplicitVRLittleEndian) is None
+    assert transfer_syntax_problem(JPEG2000) is None  # pylibjpeg-openjpeg is installed here
+    private = "1.2.826.0.1.3680043.10.999.77"
+    ds = make_image("MR", series=new_uid())
+    write(ds, tmp_path / "private", syntax=private)
+    (row,) = scan([tmp_path], SelectionRules(min_slices=1)).rejected
+    assert row.reason_code == reasons.UNSUPPORTED_TRANSFER_SYNTAX and private in row.message
+    only_gdcm = Decoder(JPEG2000)  # a real decoder whose only plugin is not installed
+    only_gdcm.add_plugin("gdcm", ("pydicom.pixels.decoders.gdcm", "_decode_frame"))
+    if only_gdcm.is_available:
+        pytest.skip("gdcm is installed")
+    message = transfer_syntax_problem(JPEG2000, only_gdcm)
+    assert message.startswith("JPEG 2000 Image Compression pixel data needs a decoder: pip install 'gdcm")
