@@ -131,6 +131,44 @@ def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -
         ]))
 
 
+@cli.command("evaluate")
+@config_options
+@clean_errors
+def evaluate_command(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """Test-split metrics at the validation-chosen threshold, with CIs, per-group tables and plots."""
+    from .stages.evaluate import run_evaluate
+
+    config = _load(config_path, overrides)
+    result = run_evaluate(config)
+    m = result.metrics
+    click.echo(summary_table(f"evaluate {config.name} (test split, {m['n']} studies, {m['n_pos']} abnormal)", [
+        ("AUROC (95% CI)", f"{m['auroc']:.3f} ({m['auroc_ci_low']:.3f}-{m['auroc_ci_high']:.3f})"),
+        ("AUPRC", f"{m['auprc']:.3f}"),
+        ("threshold", f"{result.threshold:.4f} ({result.threshold_method})"),
+        ("sensitivity / specificity", f"{m['sensitivity']:.3f} / {m['specificity']:.3f}"),
+        ("PPV / NPV", f"{m['ppv']:.3f} / {m['npv']:.3f}"),
+        ("ECE", f"{m['ece']:.3f}"),
+        ("report", result.out_dir / "metrics.json"), ("MLflow run", result.run_id),
+    ]))
+
+
+@cli.command("register")
+@config_options
+@click.option("--alias", default=None, help="registry alias (default: registry.alias, 'candidate')")
+@clean_errors
+def register_command(config_path: Path, overrides: tuple[str, ...], alias: str | None) -> None:
+    """Log the best model as an MLflow pyfunc, register it and set an alias; attach a model card."""
+    from .stages.register import run_register
+
+    config = _load(config_path, overrides)
+    result = run_register(config, alias=alias)
+    click.echo(summary_table(f"register {config.name}", [
+        ("registered model", f"{result.registered_name} version {result.version}"),
+        ("alias", result.alias), ("model URI", result.model_uri), ("local model folder", result.local_model),
+        ("MLflow run", result.run_id),
+    ]))
+
+
 @cli.command("preview")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write")
@@ -154,12 +192,44 @@ def preview_command(path: Path, out: Path, config_path: Path | None, overrides: 
     sys.exit(EXIT_PARTIAL if any(is_failure(r.reason_code) for r in scanned.rejected) else EXIT_OK)
 
 
+@cli.command("run")
+@config_options
+@click.option("--alias", default=None, help="registry alias for the registered model")
+@clean_errors
+def run_command(config_path: Path, overrides: tuple[str, ...], alias: str | None) -> None:
+    """ingest, train, evaluate and register in one MLflow parent run (each stage a child run)."""
+    from .stages.pipeline import run_pipeline
+
+    config = _load(config_path, overrides)
+    result = run_pipeline(config, alias=alias, progress=True)
+    click.echo(result.summary())
+    sys.exit(EXIT_PARTIAL if result.partial else EXIT_OK)
+
+
 @cli.command("demo")
-def demo_command() -> None:
-    """Run the whole pipeline on a synthetic cohort (arrives with the pipeline issue)."""
-    click.echo("medvit demo: train/evaluate/register are not built yet (see the open pipeline issue); "
-               "try `medvit synth demo_out --kind xray --studies 40` and `medvit ingest`.", err=True)
-    sys.exit(EXIT_USAGE)
+@click.option("--kind", type=click.Choice(["xray", "mri"]), default="xray", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
+@click.option("--studies", type=click.IntRange(min=20), default=None, help="cohort size (default from the config)")
+@clean_errors
+def demo_command(kind: str, out: Path, studies: int | None) -> None:
+    """Synthesize a cohort, run every stage, register the model and score a fresh folder."""
+    from .stages.pipeline import run_demo
+
+    click.echo(run_demo(kind, out, studies))
+
+
+@cli.command("ui")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="use this config's tracking.uri")
+def ui_command(port: int, host: str, config_path: Path | None) -> None:
+    """Open the MLflow UI on the configured store (default sqlite:///mlflow.db here)."""
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(load_config(config_path) if config_path else None)
+    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", host, "--port", str(port)])
 
 
 def main() -> None:

@@ -258,8 +258,8 @@ def dump_config(config: PipelineConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def flatten(config: PipelineConfig) -> dict[str, str]:
-    """``{"data.kind": "xray", ...}`` for MLflow params (lists as their YAML text)."""
+def flatten_tree(tree: dict[str, Any]) -> dict[str, str]:
+    """``{"data": {"kind": "xray"}}`` -> ``{"data.kind": "xray"}`` (lists as their text), for MLflow params."""
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -269,5 +269,10 @@ def flatten(config: PipelineConfig) -> dict[str, str]:
         else:
             out[prefix[:-1]] = str(node)
 
-    walk(config.model_dump(mode="json"), "")
+    walk(tree, "")
     return out
+
+
+def flatten(config: PipelineConfig) -> dict[str, str]:
+    """The config as dotted keys."""
+    return flatten_tree(config.model_dump(mode="json"))

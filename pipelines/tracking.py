@@ -1,8 +1,9 @@
 """MLflow record of the stages: one run per stage tagged ``medvit.stage``, nested under a ``medvit run`` parent.
 
 Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory.
-Params are the flattened config with paths reduced to their last component, so no site path (or a patient
-name hidden in one) reaches the tracking server. Only rank 0 of a distributed job records anything.
+Params are the flattened config with every path replaced by ``<path>`` and credentials removed from the
+tracking URI, so no site path (or a patient name hidden in a folder name) reaches the tracking server.
+Only rank 0 of a distributed job records anything.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import yaml
 
-from .config import PipelineConfig, flatten
+from .config import PipelineConfig, flatten_tree
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "medvit.stage"
@@ -27,9 +29,12 @@ PATH_KEYS = ("data.dicom_root", "data.labels", "output.dir", "preprocess.cache_d
 
 
 def tracking_uri(config: PipelineConfig | None = None) -> str:
-    if config is not None and config.tracking.uri:
-        return config.tracking.uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The store to use; a relative sqlite path is made absolute, so it means the same in any folder."""
+    uri = (config.tracking.uri if config is not None else None) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def _quiet_mlflow() -> None:
@@ -37,17 +42,23 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def safe_params(config: PipelineConfig) -> dict[str, str]:
-    """Flattened config with every path reduced to its final name."""
-    params = flatten(config)
-    for key in PATH_KEYS:
-        if key in params and params[key] not in ("None", ""):
-            params[key] = Path(params[key]).name
-    return params
+REDACTED_PATH = "<path>"
 
 
-def safe_config_yaml(config: PipelineConfig) -> str:
-    """The resolved config as YAML, with paths reduced like ``safe_params``."""
+def safe_uri(uri: str | None) -> str | None:
+    """A tracking URI without credentials or local file paths: http(s) keeps scheme, host and port."""
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    if parts.scheme:
+        return f"{parts.scheme}:{REDACTED_PATH}"
+    return REDACTED_PATH
+
+
+def _redacted_tree(config: PipelineConfig) -> dict[str, Any]:
     tree = config.model_dump(mode="json")
     for key in PATH_KEYS:
         node = tree
@@ -55,8 +66,19 @@ def safe_config_yaml(config: PipelineConfig) -> str:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(leaf):
-            node[leaf] = Path(node[leaf]).name
-    return yaml.safe_dump(tree, sort_keys=False)
+            node[leaf] = REDACTED_PATH
+    tree["tracking"]["uri"] = safe_uri(tree["tracking"].get("uri"))
+    return tree
+
+
+def safe_params(config: PipelineConfig) -> dict[str, str]:
+    """Flattened config with paths redacted and the tracking URI stripped of credentials."""
+    return flatten_tree(_redacted_tree(config))
+
+
+def safe_config_yaml(config: PipelineConfig) -> str:
+    """The resolved config as YAML, redacted like ``safe_params``."""
+    return yaml.safe_dump(_redacted_tree(config), sort_keys=False)
 
 
 def is_rank_zero() -> bool:

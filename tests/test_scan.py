@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pipelines.dicom import reasons
 from pipelines.dicom import scan as scan_module
 from pipelines.dicom.geometry import frame_geometries, sort_along_normal
-from pipelines.dicom.headers import InstanceHeader, Skipped, read_header
+from pipelines.dicom.headers import HeaderWorker, InstanceHeader, Skipped, read_header
 from pipelines.dicom.read import read_volume
 from pipelines.dicom.reasons import DicomError
 from pipelines.dicom.scan import (
@@ -271,28 +270,42 @@ def test_messages_name_the_cause(tmp_path):
     assert "3 files" in scout.message and expect[Path(scout.path)] == reasons.LOCALIZER
 
 
-class SpyPool(ProcessPoolExecutor):
-    """A ProcessPoolExecutor that records the keyword arguments of every pool scan starts."""
+class CountingWorker(HeaderWorker):
+    """A real header worker process that counts how many were started and how many chunks each read."""
 
-    started: list[dict] = []
+    started: list[CountingWorker] = []
 
-    def __init__(self, *args, **kwargs):
-        SpyPool.started.append(kwargs)
-        super().__init__(*args, **kwargs)
+    def __init__(self):
+        super().__init__()
+        self.chunks = 0
+        CountingWorker.started.append(self)
+
+    def read(self, paths):
+        self.chunks += 1
+        return super().read(paths)
+
+
+class DyingWorker(CountingWorker):
+    """A worker process that dies after its first chunk (as on a crash or an out-of-memory kill)."""
+
+    def read(self, paths):
+        if self.chunks:
+            self._process.kill()
+        return super().read(paths)
 
 
 def test_parallel_scan_equals_sequential(tmp_path, monkeypatch):
     build_mixed_tree(tmp_path)
     write_enhanced_mr(tmp_path / "enhanced" / "enh.dcm")
     write_mr_series(tmp_path / "sagittal", iop=SAGITTAL, n=12, seed=5)
-    monkeypatch.setattr(scan_module, "ProcessPoolExecutor", SpyPool)
-    SpyPool.started = []
+    monkeypatch.setattr(scan_module, "HeaderWorker", CountingWorker)
+    CountingWorker.started = []
     sequential = scan([tmp_path], RULES, workers=0)
-    small = scan([tmp_path], RULES, workers=2)  # fewer files than PARALLEL_MIN_FILES: read sequentially
-    assert SpyPool.started == [] and small.series == sequential.series and small.rejected == sequential.rejected
+    small = scan([tmp_path], RULES, workers=2)  # fewer files than PARALLEL_MIN_FILES: read here
+    assert CountingWorker.started == [] and small.series == sequential.series and small.rejected == sequential.rejected
     parallel = scan([tmp_path], RULES, workers=2, parallel_min_files=1)
-    (pool,) = SpyPool.started
-    assert pool["max_workers"] == 2 and pool["mp_context"].get_start_method() in ("forkserver", "spawn")
+    assert len(CountingWorker.started) == 2 and all(w.chunks > 0 for w in CountingWorker.started)  # both worked
+    assert all(w._process.poll() is not None for w in CountingWorker.started)  # and were ended
     assert parallel.series == sequential.series
     assert parallel.rejected == sequential.rejected
     assert parallel.file_outcomes == sequential.file_outcomes and parallel.skipped == sequential.skipped
@@ -300,6 +313,23 @@ def test_parallel_scan_equals_sequential(tmp_path, monkeypatch):
     keys = [(s.study_uid, s.series_uid, s.files[0]) for s in sequential.series]
     assert keys == sorted(keys) and [r.path for r in sequential.rejected] == sorted(r.path for r in sequential.rejected)
     assert len(sequential.series) == 5
+
+
+def test_parallel_scan_survives_failing_workers(tmp_path, monkeypatch):
+    write_mr_series(tmp_path / "a", n=20, seed=1)
+    write_mr_series(tmp_path / "b", n=20, seed=2)
+    sequential = scan([tmp_path])
+    monkeypatch.setattr(scan_module, "HeaderWorker", DyingWorker)
+    with pytest.warns(RuntimeWarning, match="worker processes failed"):
+        dying = scan([tmp_path], workers=2, parallel_min_files=1)
+    assert dying.series == sequential.series and len(dying.series) == 2 and dying.n_files == 40
+
+    def cannot_start():
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(scan_module, "HeaderWorker", cannot_start)
+    with pytest.warns(RuntimeWarning, match="worker processes failed"):
+        assert scan([tmp_path], workers=2, parallel_min_files=1).series == sequential.series
 
 
 def test_discovery_by_content_not_extension(tmp_path):

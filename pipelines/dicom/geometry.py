@@ -24,8 +24,8 @@ and frame of reference, no two frames lie at the same position along the normal 
 ``UNEVEN_SLICE_FRACTION`` (10 %) of that step's length from the regular grid ``first + k * step``. One affine
 describes such a stack exactly. Scanner rounding of positions (micrometres) passes; gantry tilt (origins
 sheared by the same in-plane offset per slice) passes, because the step vector absorbs the shear. A missing
-slice moves neighbouring origins by about half a step off the grid, so it fails, as does any other uneven
-spacing (mixed stacks, slabs with gaps) and a slice shifted within its plane on its own.
+slice moves some origin a quarter of a step (short series) to half a step (long series) off the grid, so it
+fails, as does any other uneven spacing (mixed stacks, slabs with gaps) and a slice shifted within its plane.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Anatomy-like phantoms for synthetic cohorts: a chest radiograph and a brain MR volume, with lesions.
 
-Intensities are floats in about [0, 1] (bright = dense on the radiograph, bright = long T2 on the MR).
+Intensities are floats in about [0, 1] (bright = dense on the radiograph; T2-FLAIR contrast on the MR, so
+CSF is dark and white-matter lesions are bright). The brain is defined in patient coordinates (mm, DICOM LPS)
+and sampled on :class:`Plane` s, so axial, oblique, sagittal and localizer slices all show the same head.
 Every function draws its randomness from the ``numpy.random.Generator`` it is given, so a seed fixes the
 picture. Anatomy and lesions take separate generators: the same anatomy seed with and without lesions gives
 the same patient, which is how the tests isolate what a lesion changes.
@@ -35,7 +37,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_px: flo
         freqs = np.fft.rfftfreq(n) if axis == len(shape) - 1 else np.fft.fftfreq(n)
         gain = np.exp(-2.0 * (np.pi * sigma_px * freqs) ** 2).astype(np.float32)
         spectrum *= gain.reshape([-1 if a == axis else 1 for a in range(len(shape))])
-    smooth = np.fft.irfftn(spectrum, s=shape)
+    smooth = np.fft.irfftn(spectrum, s=shape, axes=tuple(range(len(shape))))
     return (smooth - smooth.mean()) / (smooth.std() + 1e-12)
 
 
@@ -94,15 +96,17 @@ def spine(u: Array, v: Array, scale: float) -> Array:
     return column * bodies
 
 
-def chest_radiograph(rng: np.random.Generator, rows: int, cols: int) -> ChestImage:
+def chest_radiograph(rng: np.random.Generator, exposure_rng: np.random.Generator, rows: int, cols: int
+                     ) -> ChestImage:
     """Render a PA/AP chest: soft tissue, dark lungs, heart, spine, ribs, clavicles and smooth noise.
 
+    ``rng`` draws the patient's anatomy; ``exposure_rng`` the positioning, exposure and noise of this image.
     Image columns run toward the patient's left (PatientOrientation ``L\\F``): the heart sits right of centre.
     """
     u, v = chest_grid(rows, cols)
     scale = rng.uniform(0.9, 1.05)
-    u = u - rng.uniform(-0.04, 0.04)
-    v = v - rng.uniform(-0.04, 0.04)
+    u = u - exposure_rng.uniform(-0.04, 0.04)
+    v = v - exposure_rng.uniform(-0.04, 0.04)
     body = soft_inside(ellipse_distance(u, v, 0.0, 0.12 * scale, 0.92 * scale, 1.15 * scale), 0.02)
     lung_w, lung_h = rng.uniform(0.24, 0.3) * scale, rng.uniform(0.5, 0.6) * scale
     lungs = [
@@ -118,8 +122,9 @@ def chest_radiograph(rng: np.random.Generator, rows: int, cols: int) -> ChestIma
     image = image + 0.22 * heart + 0.2 * spine(u, v, scale) * body
     image = image + 0.1 * rib_bands(u, v, rng, scale) * body + 0.16 * clavicles(u, v, scale) * body
     image = image + 0.12 * body * soft_inside(v - 0.55 * scale, 0.05)  # abdomen below the diaphragm
-    image = image * rng.uniform(0.9, 1.1) + 0.02 * smooth_noise(rng, (rows, cols), max(rows, cols) / 24)
-    image = image + 0.006 * smooth_noise(rng, (rows, cols), 1.0)
+    image = image * exposure_rng.uniform(0.9, 1.1)
+    image = image + 0.02 * smooth_noise(exposure_rng, (rows, cols), max(rows, cols) / 24)
+    image = image + 0.006 * smooth_noise(exposure_rng, (rows, cols), 1.0)
     return ChestImage(image=np.clip(image, 0.0, 1.0).astype(np.float32), lung=lung.astype(np.float32))
 
 
@@ -148,7 +153,64 @@ def chest_lesions(rng: np.random.Generator, lung: Array, difficulty: float) -> t
     return added.astype(np.float32), mask
 
 
+def chest_study(rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator], rows: int,
+                cols: int, abnormal: bool, difficulty: float) -> tuple[Array, Array]:
+    """A patient's chest picture in [0, 1], with lesions when ``abnormal``, and the boolean lesion mask.
+
+    ``rngs`` are the anatomy, lesion and exposure generators: the same anatomy generator, the same patient.
+    """
+    anatomy_rng, lesion_rng, exposure_rng = rngs
+    chest = chest_radiograph(anatomy_rng, exposure_rng, rows, cols)
+    if not abnormal:
+        return chest.image, np.zeros((rows, cols), dtype=bool)
+    added, mask = chest_lesions(lesion_rng, chest.lung, difficulty)
+    return np.clip(chest.image + added, 0.0, 1.0), mask
+
+
 # ----------------------------------------------------------------------------------------------- brain
+
+# Brain lesion (easy, subtle) extremes: radius in mm and added FLAIR intensity (white matter is ~0.36).
+BLOB_RADIUS_MM, BLOB_CONTRAST = (18.0, 6.0), (0.6, 0.1)
+AXIAL, SAGITTAL, CORONAL = ((1, 0, 0), (0, 1, 0)), ((0, 1, 0), (0, 0, -1)), ((1, 0, 0), (0, 0, -1))
+
+
+@dataclass(frozen=True)
+class Plane:
+    """Slice geometry: direction cosines along a row and down a column, square pixel spacing (mm), size,
+    and the patient position of the first pixel (DICOM ImagePositionPatient)."""
+
+    row_dir: Array
+    col_dir: Array
+    spacing: float
+    size: int
+    corner: Array
+
+    @property
+    def normal(self) -> Array:
+        """Slice normal: row direction x column direction."""
+        return np.cross(self.row_dir, self.col_dir)
+
+    def points(self) -> Array:
+        """Patient coordinates (mm) of every pixel centre, shape (size, size, 3)."""
+        steps = np.arange(self.size) * self.spacing
+        return self.corner + steps[None, :, None] * self.row_dir + steps[:, None, None] * self.col_dir
+
+
+def centred_plane(axes: tuple, spacing: float, size: int, centre: Array) -> Plane:
+    """A plane with orientation ``axes`` (row, column direction) whose middle lies at ``centre``;
+    the corner is rounded to 0.1 micron so that the written position is exactly the one drawn."""
+    row_dir, col_dir = (np.asarray(a, dtype=float) for a in axes)
+    corner = np.round(centre - (size - 1) / 2 * spacing * (row_dir + col_dir), 4)
+    return Plane(row_dir, col_dir, spacing, size, corner)
+
+
+def oblique_axes(rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Axial plane tilted 10-20 degrees about left-right and up to 8 degrees about the head axis."""
+    a, b = np.radians(rng.uniform(10, 20)), np.radians(rng.uniform(-8, 8))
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    turn = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    rot = turn @ tilt
+    return tuple(np.round(rot[:, 0], 6)), tuple(np.round(rot[:, 1], 6))
 
 
 @dataclass(frozen=True)
@@ -195,7 +257,8 @@ def brain_flair(head: Head, points: Array) -> Array:
     radius = head_radius(head, points)
     rel = points - np.asarray(head.centre)
     px, py, pz = np.asarray(head.gyral_phase)
-    gyri = (np.sin(rel[..., 0] / 5.0 + px) + np.sin(rel[..., 1] / 6.0 + py) + np.sin(rel[..., 2] / 5.5 + pz)) / 3.0
+    gyri = (np.sin(rel[..., 0] / 5.0 + px) + np.sin(rel[..., 1] / 6.0 + py) + np.sin(rel[..., 2] / 5.5 + pz))
+    gyri = gyri / 3.0  # folding of the grey/white boundary
     brain = soft_inside(0.82 - radius, edge)
     value = 0.6 * soft_inside(1.0 - radius, edge)  # scalp and fat
     value -= 0.55 * soft_inside(0.93 - radius, edge)  # skull, then the CSF rim: dark
@@ -218,8 +281,8 @@ def brain_lesions(rng: np.random.Generator, head: Head, difficulty: float) -> li
         if np.linalg.norm(offset / np.asarray(head.semi_axes)) > 0.55 or abs(offset[0]) < 16:
             continue  # keep it in the white matter, clear of the midline ventricles
         centre = tuple(float(c) for c in np.asarray(head.centre) + offset)
-        radius = lerp(18.0, 6.0, difficulty) * rng.uniform(0.85, 1.15)
-        blobs.append(Blob(centre=centre, radius=radius, contrast=lerp(0.6, 0.1, difficulty)))
+        radius = lerp(*BLOB_RADIUS_MM, difficulty) * rng.uniform(0.85, 1.15)
+        blobs.append(Blob(centre=centre, radius=radius, contrast=lerp(*BLOB_CONTRAST, difficulty)))
     return blobs
 
 
@@ -240,3 +303,33 @@ def mr_noise(rng: np.random.Generator, clean: Array, sigma: float) -> Array:
     real = clean * bias + sigma * rng.standard_normal(clean.shape)
     imag = sigma * rng.standard_normal(clean.shape)
     return np.sqrt(real**2 + imag**2)
+
+
+def slice_stack(rng: np.random.Generator, size: int, count: int) -> tuple[str, list[Plane], Array]:
+    """A diagnostic slab: view name (AX, AX OBL or SAG), planes stepping along the normal from the lowest
+    position (about 150 mm coverage, about 240 mm field of view), and the slab centre."""
+    view = ("AX", "AX OBL", "SAG")[int(rng.choice(3, p=[0.65, 0.2, 0.15]))]
+    axes = oblique_axes(rng) if view == "AX OBL" else (SAGITTAL if view == "SAG" else AXIAL)
+    step = float(np.clip(round(150.0 / count, 1), 1.0, 8.0))
+    spacing = round(float(rng.uniform(220, 250)) / size, 4)
+    centre = rng.uniform(-5, 5, 3)
+    normal = np.cross(*(np.asarray(a, dtype=float) for a in axes))
+    offsets = (np.arange(count) - (count - 1) / 2) * step
+    return view, [centred_plane(axes, spacing, size, centre + o * normal) for o in offsets], centre
+
+
+def brain_study(rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
+                planes: list[Plane], abnormal: bool, difficulty: float) -> tuple[Array, Array]:
+    """Noisy FLAIR intensities (slices, size, size) of one patient's head on ``planes``, and the lesion mask.
+
+    ``rngs`` are the anatomy, lesion and noise generators; the same ones give the same head on any planes.
+    """
+    anatomy_rng, lesion_rng, noise_rng = rngs
+    head = random_head(anatomy_rng)
+    points = np.stack([p.points() for p in planes])
+    clean = brain_flair(head, points)
+    mask = np.zeros(clean.shape, dtype=bool)
+    if abnormal:
+        added, mask = blob_intensity(brain_lesions(lesion_rng, head, difficulty), points)
+        clean = clean + added
+    return mr_noise(noise_rng, clean, 0.025), mask

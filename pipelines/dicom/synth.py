@@ -6,16 +6,17 @@ PatientID, PatientBirthDate and AccessionNumber, so tests can check that none le
 (parameters and counts; it also marks the folder as ours, so a rerun may replace ``out/dicom``).
 
 The files carry what real scanners write and readers trip over: CR and DX radiographs (MONOCHROME1 for a
-share, rescale slopes other than 1, rectangular detectors, DX without rescale tags), MR series with axial,
-oblique and sagittal geometry whose InstanceNumber does not always follow position, localizer series, and
-lossless compressed transfer syntaxes. Same arguments, same bytes: UIDs come from the seed, dates are fixed.
-Anatomy and lesions are drawn by :mod:`pipelines.dicom.phantoms`.
+share, rescale slopes other than 1, rectangular detectors, DX without rescale tags), T2-FLAIR MR series with
+axial, oblique and sagittal geometry whose InstanceNumber does not always follow position, 12- and 16-bit
+vendors, localizer series, and lossless compressed transfer syntaxes. Same arguments, same bytes: UIDs are
+hashed from the arguments, dates are fixed. Anatomy and lesions come from :mod:`pipelines.dicom.phantoms`.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -50,13 +51,13 @@ SOP_CLASSES = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStor
 MARKER = "cohort.json"
 KIND_CODES = {"xray": 1, "mri": 2}
 LAST_NAMES = ("DOE", "ROE", "SMITH", "MILLER", "NOVAK", "GARCIA", "KOWALSKI", "BERG", "OKAFOR", "TANAKA",
-              "ROSSI", "DUBOIS", "SILVA", "NIELSEN", "MOREAU", "FISCHER", "PETROV", "WALSH", "HAAS", "LINDQVIST")
-FIRST_NAMES = {"F": ("JANE", "ANNA", "MARIA", "ELENA", "SOFIA", "LENA", "CLARA", "NORA", "IDA", "EVA"),
+              "ROSSI", "DUBOIS", "SILVA", "NIELSEN", "MOREAU", "FISCHER", "PETROV", "WALSH", "HAAS",
+              "LINDQVIST")
+FIRST_NAMES = {"F": ("JANE", "ANNA", "MARIA", "ELENA", "SOFIA", "GRETA", "HELGA", "NORA", "IDA", "EVA"),
                "M": ("JOHN", "PETER", "LUCAS", "OMAR", "HUGO", "KARL", "MARCO", "IVAN", "LEO", "TOMAS")}
 VENDORS = (("NORTHWIND MEDICAL", "NW-Rad 500", 12, "1.5"), ("HELIX IMAGING", "Helix Vista", 16, "3"),
            ("ORBIS HEALTH", "Orbis Prime", 12, "3"))  # name, model, MR BitsStored, MR field strength (T)
 FIRST_STUDY_DAY = dt.date(2021, 3, 1)
-AXIAL, SAGITTAL, CORONAL = ((1, 0, 0), (0, 1, 0)), ((0, 1, 0), (0, 0, -1)), ((1, 0, 0), (0, 0, -1))
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,12 @@ class CohortPlan:
         raise RuntimeError("could not draw a UID free of identity strings")
 
     def rng(self, study: StudyPlan, purpose: int) -> np.random.Generator:
-        """Generator for one study and purpose (0 header, 1 anatomy, 2 lesions, 3 noise)."""
-        return np.random.default_rng([self.seed, KIND_CODES[self.kind], study.index, purpose])
+        """Generator for one study and purpose (0 header, 1 anatomy, 2 lesions, 3 noise and exposure).
+
+        Anatomy follows the patient, so a patient's studies show the same body (as with real follow-ups).
+        """
+        subject = int(study.patient.patient_id[3:]) if purpose == 1 else study.index
+        return np.random.default_rng([self.seed, KIND_CODES[self.kind], purpose, subject])
 
 
 def available_encodings() -> dict[str, str]:
@@ -146,7 +151,7 @@ def exact_share(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray
 
 
 def patients_for_studies(rng: np.random.Generator, studies: int, multi_fraction: float) -> list[int]:
-    """Patient index of each study: about ``multi_fraction`` of studies belong to patients with 2-3 studies."""
+    """Patient index of each study; about ``multi_fraction`` of studies go to patients with 2-3 studies."""
     remaining = int(round(studies * np.clip(multi_fraction, 0.0, 1.0)))
     remaining = 2 if remaining == 1 and studies >= 2 else remaining
     sizes = []
@@ -181,6 +186,7 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
                 localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
                 shuffle_instance_numbers: bool = True) -> CohortPlan:
     """Decide patients, labels, dates, UIDs, photometric, localizers, slice order and encodings."""
+    key = f"medvit-synth|{sorted(locals().items())!r}"  # every argument: other arguments, other UIDs
     if kind not in ("xray", "mri"):
         raise ValueError(f"kind must be 'xray' or 'mri', not {kind!r}")
     if studies < 1:
@@ -197,9 +203,10 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
     mono1 = exact_share(rng, studies, monochrome1_fraction if kind == "xray" else 0.0)
     localizer = exact_share(rng, studies, localizer_fraction if kind == "mri" else 0.0)
     shuffled = exact_share(rng, studies, 0.5 if kind == "mri" and shuffle_instance_numbers else 0.0)
-    key = "|".join(map(str, ("medvit-synth", kind, seed, studies, abnormal_fraction, difficulty, image_size, slices,
-                             monochrome1_fraction, compressed_fraction, localizer_fraction, multi_study_fraction,
-                             shuffle_instance_numbers)))
+    series_counts = [1 + int(flag) for flag in localizer]
+    syntaxes = list(available_encodings())
+    packed = iter(exact_share(rng, sum(series_counts), compressed_fraction if syntaxes else 0.0))
+    encoders = itertools.cycle(syntaxes or [ExplicitVRLittleEndian])
     plan = CohortPlan(kind=kind, seed=seed, difficulty=float(difficulty), key=key,
                       image_size=image_size or (256 if kind == "xray" else 64), slices=slices or 24,
                       forbidden_in_uids=frozenset(p.birth_date for p in patients), studies=())
@@ -207,19 +214,15 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
     for i in range(studies):
         date = FIRST_STUDY_DAY + dt.timedelta(days=int(days[i]))
         order = "ascending" if not shuffled[i] else ("reversed", "permuted")[int(shuffled[:i].sum()) % 2]
+        encodings = tuple(next(encoders) if next(packed) else ExplicitVRLittleEndian
+                          for _ in range(series_counts[i]))
         plans.append(StudyPlan(
-            index=i, patient=patients[owners[i]], uid=plan.uid("study", i), accession=f"ACC{accessions[i]:07d}",
+            index=i, patient=patients[owners[i]], uid=plan.uid("study", i),
+            accession=f"ACC{accessions[i]:07d}",
             date=date.strftime("%Y%m%d"), time=f"{rng.integers(7, 19):02d}{rng.integers(0, 60):02d}00",
             abnormal=bool(abnormal[i]), monochrome1=bool(mono1[i]), localizer=bool(localizer[i]),
-            instance_order=order))
-    series = [(i, s) for i, p in enumerate(plans) for s in range(1 + p.localizer)]
-    compressed = exact_share(rng, len(series), compressed_fraction if available_encodings() else 0.0)
-    syntaxes = list(available_encodings()) or [ExplicitVRLittleEndian]
-    chosen = iter(syntaxes[n % len(syntaxes)] for n in range(len(series)))
-    encodings: dict[int, list[str]] = {i: [] for i in range(studies)}
-    for (i, _), packed in zip(series, compressed, strict=True):
-        encodings[i].append(next(chosen) if packed else ExplicitVRLittleEndian)
-    return replace(plan, studies=tuple(replace(p, encodings=tuple(encodings[p.index])) for p in plans))
+            instance_order=order, encodings=encodings))
+    return replace(plan, studies=tuple(plans))
 
 
 def ds_str(value: float, decimals: int = 4) -> str:
@@ -228,11 +231,10 @@ def ds_str(value: float, decimals: int = 4) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def base_dataset(study: StudyPlan, modality: str, vendor: tuple) -> Dataset:
-    """Patient, study, equipment and SOP common module attributes shared by every instance of a study."""
+def base_dataset(study: StudyPlan, modality: str, vendor: tuple, attrs: dict | None = None) -> Dataset:
+    """Patient, study, equipment and image-pixel attributes shared by every instance of a series."""
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = SOP_CLASSES[modality]
+    ds.SpecificCharacterSet, ds.SOPClassUID = "ISO_IR 100", SOP_CLASSES[modality]
     patient = study.patient
     ds.PatientName, ds.PatientID = patient.name, patient.patient_id
     ds.PatientBirthDate, ds.PatientSex = patient.birth_date, patient.sex
@@ -242,21 +244,33 @@ def base_dataset(study: StudyPlan, modality: str, vendor: tuple) -> Dataset:
     ds.StudyDescription = "XR CHEST" if modality != "MR" else "MR BRAIN WO CONTRAST"
     ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, vendor[0], vendor[1]
     ds.SoftwareVersions = "4.2.1"
-    for tag in ("Series", "Content", "Acquisition"):
-        setattr(ds, f"{tag}Date", study.date)
-        setattr(ds, f"{tag}Time", study.time)
+    for prefix in ("Series", "Content", "Acquisition"):
+        setattr(ds, f"{prefix}Date", study.date)
+        setattr(ds, f"{prefix}Time", study.time)
     ds.SamplesPerPixel, ds.BitsAllocated, ds.PixelRepresentation = 1, 16, 0
+    for name, value in (attrs or {}).items():
+        setattr(ds, name, value)
     return ds
 
 
-def set_pixels(ds: Dataset, stored: np.ndarray, bits_stored: int) -> None:
-    """Attach an unsigned 16-bit single-frame image (values must fit ``bits_stored``)."""
+def instance(template: Dataset, stored: np.ndarray, bits_stored: int, photometric: str) -> Dataset:
+    """A new instance sharing the template's elements, with its own pixels and an uncompressed file meta.
+
+    Shared elements must not be modified afterwards: set only attributes the template lacks.
+    """
+    ds = Dataset()
+    ds.update(template)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = stored.shape
     ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    return ds
 
 
-def set_window(ds: Dataset, stored: np.ndarray, slope: float, intercept: float, inverted: bool) -> None:
+def set_window(ds: Dataset, stored: np.ndarray, slope: float, intercept: float, inverted: bool = False
+               ) -> None:
     """WindowCenter/Width over the 1st-99th percentile, in rescaled units (mirrored for MONOCHROME1)."""
     low, high = np.percentile(stored, [1.0, 99.0])
     centre = (low + high) / 2.0
@@ -266,40 +280,32 @@ def set_window(ds: Dataset, stored: np.ndarray, slope: float, intercept: float, 
     ds.WindowWidth = ds_str(max(abs(slope) * (high - low), 1.0), 1)
 
 
-def render_xray(plan: CohortPlan, study: StudyPlan, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chest picture in [0, 1] (bright = dense) and its boolean lesion mask."""
-    chest = phantoms.chest_radiograph(plan.rng(study, 1), rows, cols)
-    if not study.abnormal:
-        return chest.image, np.zeros((rows, cols), dtype=bool)
-    added, mask = phantoms.chest_lesions(plan.rng(study, 2), chest.lung, plan.difficulty)
-    return np.clip(chest.image + added, 0.0, 1.0), mask
-
-
 def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
-    """One CR or DX chest radiograph; MONOCHROME1 stores ``4095 - value`` so the displayed picture is equal."""
+    """One CR or DX chest radiograph; MONOCHROME1 stores ``4095 - value``, so it displays the same."""
     rng = plan.rng(study, 0)
     modality, vendor = ("CR", "DX")[int(rng.integers(2))], VENDORS[int(rng.integers(len(VENDORS)))]
-    size = plan.image_size
-    rows, cols = [(size, size), (size, size - size // 8), (size - size // 8, size)][int(rng.choice(3, p=[.7, .2, .1]))]
-    slope, intercept = [(1.0, 0.0), (0.5, 0.0), (2.0, -1024.0)][int(rng.choice(3, p=[.6, .2, .2]))]
+    size, narrow = plan.image_size, plan.image_size - plan.image_size // 8
+    rows, cols = [(size, size), (size, narrow), (narrow, size)][int(rng.choice(3, p=[0.7, 0.2, 0.1]))]
+    slope, intercept = [(1.0, 0.0), (0.5, 0.0), (2.0, -1024.0)][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
     low, high = rng.uniform(40, 300), rng.uniform(3300, 4050)
-    image, _ = render_xray(plan, study, rows, cols)
+    image, _ = phantoms.chest_study(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
     stored = np.rint(low + image * (high - low)).astype(np.uint16)
-    ds = base_dataset(study, modality, vendor)
-    ds.PhotometricInterpretation = "MONOCHROME1" if study.monochrome1 else "MONOCHROME2"
-    set_pixels(ds, 4095 - stored if study.monochrome1 else stored, 12)
+    photometric = "MONOCHROME1" if study.monochrome1 else "MONOCHROME2"
+    ds = instance(base_dataset(study, modality, vendor), 4095 - stored if study.monochrome1 else stored, 12,
+                  photometric)
     if modality == "CR" or slope != 1.0 or rng.random() < 0.5:  # many DX files carry no rescale at all
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = ds_str(slope), ds_str(intercept), "US"
-    set_window(ds, stored, slope, intercept, study.monochrome1)
+    set_window(ds, stored, slope, intercept, inverted=study.monochrome1)
     spacing = [ds_str(350.0 / max(rows, cols) * rng.uniform(0.95, 1.05))] * 2
     if modality == "DX":
-        ds.ImagerPixelSpacing, ds.PresentationIntentType, ds.PixelIntensityRelationship = spacing, "FOR PRESENTATION", "LOG"
+        ds.ImagerPixelSpacing, ds.PresentationIntentType = spacing, "FOR PRESENTATION"
+        ds.PixelIntensityRelationship = "LOG"
     if modality == "CR" and rng.random() < 0.5:
         ds.ImagerPixelSpacing = spacing
     elif modality == "CR" or rng.random() < 0.5:
         ds.PixelSpacing = spacing
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.BodyPartExamined, ds.ViewPosition = "CHEST", ("PA", "AP")[int(rng.random() < 0.3)]
+    ds.ImageType, ds.BodyPartExamined = ["ORIGINAL", "PRIMARY"], "CHEST"
+    ds.ViewPosition = ("PA", "AP")[int(rng.random() < 0.3)]
     ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"CHEST {ds.ViewPosition}"
     ds.KVP = ds_str(rng.uniform(100, 125), 0)
     ds.SeriesInstanceUID = plan.uid("series", study.index, 1)
@@ -308,112 +314,71 @@ def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
     return ds
 
 
-def oblique_axes(rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Axial plane tilted 10-20 degrees about left-right and a few degrees about the head axis."""
-    a, b = np.radians(rng.uniform(10, 20)), np.radians(rng.uniform(-8, 8))
-    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    turn = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
-    rot = turn @ tilt
-    return tuple(np.round(rot[:, 0], 6)), tuple(np.round(rot[:, 1], 6))
+def study_rngs(plan: CohortPlan, study: StudyPlan) -> tuple[np.random.Generator, ...]:
+    """Anatomy, lesion and noise generators of a study: fixed by seed, patient and study, not by the label."""
+    return tuple(plan.rng(study, purpose) for purpose in (1, 2, 3))
 
 
-@dataclass(frozen=True)
-class Plane:
-    """Slice geometry: direction cosines (along a row, down a column), pixel spacing (mm), size, first corner."""
-
-    row_dir: np.ndarray
-    col_dir: np.ndarray
-    spacing: float
-    size: int
-    corner: np.ndarray
-
-    def points(self) -> np.ndarray:
-        """Patient coordinates (mm) of every pixel centre, shape (size, size, 3)."""
-        steps = np.arange(self.size) * self.spacing
-        return self.corner + steps[None, :, None] * self.row_dir + steps[:, None, None] * self.col_dir
+def mr_stored(plan: CohortPlan, study: StudyPlan, planes: list, scale: float, top: int) -> np.ndarray:
+    """The study's head on ``planes`` as stored values: intensity x ``scale``, clipped to 0..``top``."""
+    values, _ = phantoms.brain_study(study_rngs(plan, study), planes, study.abnormal, plan.difficulty)
+    return np.clip(np.rint(values * scale), 0, top).astype(np.uint16)
 
 
-def centred_plane(axes: tuple, spacing: float, size: int, centre: np.ndarray) -> Plane:
-    """A plane with the given orientation whose middle pixel lies at ``centre``."""
-    row_dir, col_dir = (np.asarray(a, dtype=float) for a in axes)
-    corner = centre - (size - 1) / 2 * spacing * (row_dir + col_dir)
-    return Plane(row_dir, col_dir, spacing, size, corner)
-
-
-def mr_dataset(plan: CohortPlan, study: StudyPlan, plane: Plane, stored: np.ndarray, common: dict) -> Dataset:
-    """One MR slice: common series attributes plus this slice's geometry and pixels."""
-    ds = base_dataset(study, "MR", common["vendor"])
-    for name, value in common.items():
-        if name != "vendor":
-            setattr(ds, name, value)
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    set_pixels(ds, stored, common["vendor"][2])
-    ds.ImageOrientationPatient = [ds_str(v, 6) for v in (*plane.row_dir, *plane.col_dir)]
-    ds.ImagePositionPatient = [ds_str(v) for v in plane.corner]
-    ds.SliceLocation = ds_str(float(np.dot(plane.corner, np.cross(plane.row_dir, plane.col_dir))))
-    ds.PixelSpacing = [ds_str(plane.spacing)] * 2
-    set_window(ds, stored, float(common.get("RescaleSlope", 1)), float(common.get("RescaleIntercept", 0)), False)
-    return ds
-
-
-def render_mri(plan: CohortPlan, study: StudyPlan, planes: list[Plane]) -> tuple[np.ndarray, np.ndarray]:
-    """T2 intensities (slices, size, size) with noise, and the lesion mask, for one study's head."""
-    head = phantoms.random_head(plan.rng(study, 1))
-    points = np.stack([p.points() for p in planes])
-    clean = phantoms.brain_flair(head, points)
-    mask = np.zeros(clean.shape, dtype=bool)
-    if study.abnormal:
-        added, mask = phantoms.blob_intensity(phantoms.brain_lesions(plan.rng(study, 2), head, plan.difficulty), points)
-        clean = clean + added
-    return phantoms.mr_noise(plan.rng(study, 3), clean, 0.025), mask
+def mr_slices(plan: CohortPlan, study: StudyPlan, template: Dataset, planes: list[phantoms.Plane],
+              stored: np.ndarray, numbers: np.ndarray, bits_stored: int) -> list[Dataset]:
+    """Single-frame MR instances: template attributes plus each slice's geometry, window and pixels."""
+    slope, intercept = float(template.RescaleSlope), float(template.RescaleIntercept)
+    datasets = []
+    for plane, pixels, number in zip(planes, stored, numbers, strict=True):
+        ds = instance(template, pixels, bits_stored, "MONOCHROME2")
+        ds.ImageOrientationPatient = [ds_str(v, 6) for v in (*plane.row_dir, *plane.col_dir)]
+        ds.ImagePositionPatient = [ds_str(v) for v in plane.corner]
+        ds.SliceLocation = ds_str(float(np.dot(plane.corner, plane.normal)))
+        ds.PixelSpacing = [ds_str(plane.spacing)] * 2
+        set_window(ds, pixels, slope, intercept)
+        ds.InstanceNumber = int(number)
+        ds.SOPInstanceUID = plan.uid("sop", study.index, int(template.SeriesNumber), ds.InstanceNumber)
+        datasets.append(ds)
+    return datasets
 
 
 def mri_series(plan: CohortPlan, study: StudyPlan) -> list[list[Dataset]]:
-    """A localizer (if planned) and the T2 series, each a list of single-frame slices."""
+    """A localizer (if planned) and the T2-FLAIR series, each a list of single-frame slices."""
     rng = plan.rng(study, 0)
     vendor = VENDORS[int(rng.integers(len(VENDORS)))]
-    view = ("AX", "AX OBL", "SAG")[int(rng.choice(3, p=[0.65, 0.2, 0.15]))]
-    axes = {"AX": AXIAL, "SAG": SAGITTAL, "AX OBL": oblique_axes(rng)}[view]
-    size, count = plan.image_size, plan.slices
-    step = float(np.clip(round(150.0 / count, 1), 1.0, 8.0))
-    spacing = round(float(rng.uniform(220, 250)) / size, 4)
-    centre = rng.uniform(-5, 5, 3)
-    normal = np.cross(*(np.asarray(a, dtype=float) for a in axes))
-    planes = [centred_plane(axes, spacing, size, centre + (k - (count - 1) / 2) * step * normal) for k in range(count)]
-    planes = [replace(p, corner=np.round(p.corner, 4)) for p in planes]
-    slope, intercept = [(1.0, 0.0), (2.0, 0.0), (0.8, 0.0)][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
-    values, _ = render_mri(plan, study, planes)
-    stored = np.clip(np.rint(values * 2000.0 / slope), 0, 2 ** vendor[2] - 1).astype(np.uint16)
-    order = {"ascending": np.arange(count), "reversed": np.arange(count)[::-1],
-             "permuted": np.roll(rng.permutation(count), 1)}[study.instance_order]
-    common = {"vendor": vendor, "MagneticFieldStrength": vendor[3], "ImagedNucleus": "1H",
-              "ImagingFrequency": ds_str(42.577 * float(vendor[3]), 3), "ScanningSequence": "SE",
-              "SequenceVariant": ["SK", "SP"], "MRAcquisitionType": "2D", "RepetitionTime": "4000",
-              "EchoTime": ds_str(rng.uniform(90, 110), 1), "SliceThickness": ds_str(step - (step > 3) * 1.0),
-              "SpacingBetweenSlices": ds_str(step), "RescaleSlope": ds_str(slope),
-              "RescaleIntercept": ds_str(intercept), "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
-              "BodyPartExamined": "HEAD", "PatientPosition": "HFS", "PositionReferenceIndicator": "",
-              "FrameOfReferenceUID": plan.uid("frame", study.index), "AcquisitionNumber": 1}
+    view, planes, centre = phantoms.slice_stack(rng, plan.image_size, plan.slices)
+    slope = [1.0, 2.0, 0.8][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
+    count, top = plan.slices, 2 ** vendor[2] - 1
+    step = float(np.linalg.norm(planes[-1].corner - planes[0].corner)) / max(count - 1, 1)
+    numbers = {"ascending": np.arange(count), "reversed": np.arange(count)[::-1],
+               "permuted": rng.permutation(count)}[study.instance_order] + 1
+    common = {"MagneticFieldStrength": vendor[3], "ImagedNucleus": "1H", "MRAcquisitionType": "2D",
+              "ImagingFrequency": ds_str(42.577 * float(vendor[3]), 3), "RescaleSlope": ds_str(slope),
+              "RescaleIntercept": "0", "BodyPartExamined": "HEAD", "PatientPosition": "HFS",
+              "PositionReferenceIndicator": "", "FrameOfReferenceUID": plan.uid("frame", study.index),
+              "AcquisitionNumber": 1}
     series = []
     if study.localizer:
-        scout = [centred_plane(a, 280.0 / size, size, centre) for a in (AXIAL, SAGITTAL, CORONAL)]
-        scout = [replace(p, corner=np.round(p.corner, 4)) for p in scout]
-        scout_values, _ = render_mri(plan, study, scout)
-        extra = {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "SeriesDescription": "localizer",
-                 "ScanningSequence": "GR", "SliceThickness": "8", "SpacingBetweenSlices": None}
-        series.append((scout, np.clip(np.rint(scout_values * 1500), 0, 4095).astype(np.uint16), np.arange(3), {**common, **extra}))
-    extra = {"SeriesDescription": f"T2 {view}", "ProtocolName": f"T2_{view.replace(' ', '_')}"}
-    series.append((planes, stored, order, {**common, **extra}))
+        scout = [phantoms.centred_plane(a, 280.0 / plan.image_size, plan.image_size, centre)
+                 for a in (phantoms.AXIAL, phantoms.SAGITTAL, phantoms.CORONAL)]
+        scout_pixels = mr_stored(plan, study, scout, 1500.0 / slope, top)
+        attrs = {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "SeriesDescription": "localizer",
+                 "ScanningSequence": "GR", "SequenceVariant": "SP", "SliceThickness": "8",
+                 "RepetitionTime": "8.6", "EchoTime": "4", "ProtocolName": "localizer"}
+        series.append((scout, scout_pixels, np.arange(1, 4), attrs))
+    attrs = {"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"], "SeriesDescription": f"T2 FLAIR {view}",
+             "ProtocolName": f"T2_FLAIR_{view.replace(' ', '_')}", "ScanningSequence": ["SE", "IR"],
+             "SequenceVariant": ["SK", "SP", "MP"], "RepetitionTime": "9000", "InversionTime": "2500",
+             "EchoTime": ds_str(rng.uniform(90, 110), 1), "SliceThickness": ds_str(step - (step > 3)),
+             "SpacingBetweenSlices": ds_str(step)}
+    series.append((planes, mr_stored(plan, study, planes, 2000.0 / slope, top), numbers, attrs))
     datasets = []
-    for number, (slice_planes, pixels, numbers, attrs) in enumerate(series, start=1):
-        attrs = {k: v for k, v in attrs.items() if v is not None}
-        attrs |= {"SeriesNumber": number, "SeriesInstanceUID": plan.uid("series", study.index, number)}
-        datasets.append([])
-        for k, plane in enumerate(slice_planes):
-            ds = mr_dataset(plan, study, plane, pixels[k], attrs)
-            ds.InstanceNumber = int(numbers[k]) + 1
-            ds.SOPInstanceUID = plan.uid("sop", study.index, number, ds.InstanceNumber)
-            datasets[-1].append(ds)
+    for number, (slice_planes, pixels, instance_numbers, attrs) in enumerate(series, start=1):
+        attrs = {**common, **attrs, "SeriesNumber": number,
+                 "SeriesInstanceUID": plan.uid("series", study.index, number)}
+        template = base_dataset(study, "MR", vendor, attrs)
+        datasets.append(mr_slices(plan, study, template, slice_planes, pixels, instance_numbers, vendor[2]))
     return datasets
 
 
@@ -455,31 +420,44 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
                  monochrome1_fraction: float = 0.25, compressed_fraction: float = 0.3,
                  localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
                  shuffle_instance_numbers: bool = True) -> CohortSummary:
-    """Write a synthetic X-ray or MRI cohort as DICOM under ``out`` (see the module docstring)."""
+    """Write a synthetic X-ray or MRI cohort as DICOM under ``out`` (layout in the module docstring).
+
+    ``studies`` studies, exactly ``round(studies * abnormal_fraction)`` abnormal. ``difficulty`` in [0, 1]:
+    0 gives large, bright lesions, 1 small, faint ones. ``image_size``: X-ray side (default 256; some studies
+    are 7/8 as wide or as tall) or MR in-plane size (default 64); ``slices``: MR slices (default 24).
+    The fractions are exact shares (rounded): MONOCHROME1 X-rays, compressed series (RLE, JPEG-LS and
+    JPEG 2000 lossless, whichever encoders are installed), MR studies that also get a 3-slice localizer, and
+    studies belonging to patients with two or three studies. With ``shuffle_instance_numbers`` half of the MR
+    series number their slices against position (reversed or permuted). A folder that already holds a
+    synthetic cohort is replaced; one holding anything else under ``dicom/`` raises ``FileExistsError``.
+    """
     out = Path(out)
     plan = plan_cohort(kind, studies, seed, abnormal_fraction=abnormal_fraction, difficulty=difficulty,
                        image_size=image_size, slices=slices, monochrome1_fraction=monochrome1_fraction,
                        compressed_fraction=compressed_fraction, localizer_fraction=localizer_fraction,
-                       multi_study_fraction=multi_study_fraction, shuffle_instance_numbers=shuffle_instance_numbers)
+                       multi_study_fraction=multi_study_fraction,
+                       shuffle_instance_numbers=shuffle_instance_numbers)
     root = prepare_output(out)
     n_series = n_files = 0
     for study in plan.studies:
         series = [[xray_dataset(plan, study)]] if kind == "xray" else mri_series(plan, study)
         for number, (datasets, syntax) in enumerate(zip(series, study.encodings, strict=True), start=1):
+            folder = root / f"study_{study.index:04d}" / f"series_{number:02d}"
             for ds in datasets:
-                path = root / f"study_{study.index:04d}" / f"series_{number:02d}" / f"img_{ds.InstanceNumber:04d}.dcm"
-                save_dataset(ds, path, syntax)
+                save_dataset(ds, folder / f"img_{ds.InstanceNumber:04d}.dcm", syntax)
             n_series, n_files = n_series + 1, n_files + len(datasets)
     labels, identities = out / "labels.csv", out / "identities.csv"
     write_csv(labels, ["StudyInstanceUID", "label"],
               [[s.uid, "abnormal" if s.abnormal else "normal"] for s in plan.studies])
     write_csv(identities, ["PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"],
-              [[s.patient.name, s.patient.patient_id, s.patient.birth_date, s.accession] for s in plan.studies])
-    summary = CohortSummary(kind=kind, patients=len({s.patient.patient_id for s in plan.studies}), studies=studies,
-                            series=n_series, files=n_files, abnormal=sum(s.abnormal for s in plan.studies),
-                            dicom_root=root, labels_csv=labels, identities_csv=identities)
+              [[s.patient.name, s.patient.patient_id, s.patient.birth_date, s.accession]
+               for s in plan.studies])
+    counts = {"patients": len({s.patient.patient_id for s in plan.studies}), "studies": studies,
+              "series": n_series, "files": n_files, "abnormal": sum(s.abnormal for s in plan.studies)}
+    summary = CohortSummary(kind=kind, **counts, dicom_root=root, labels_csv=labels,
+                            identities_csv=identities)
     record = {"generator": "medvit synth", "kind": kind, "seed": seed, "difficulty": difficulty,
               "abnormal_fraction": abnormal_fraction, "image_size": plan.image_size, "slices": plan.slices,
-              "counts": {k: getattr(summary, k) for k in ("patients", "studies", "series", "files", "abnormal")}}
+              "counts": counts}
     (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary

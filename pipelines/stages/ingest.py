@@ -17,6 +17,7 @@ from ..labels import read_labels
 from ..manifest import build_manifest, write_errors, write_manifest
 from ..privacy import Pseudonymizer, load_or_create_key
 from ..splits import assign_splits
+from ..tracking import stage_run
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _other_kind(scanned: ScanResult, kind: str) -> list[Rejected]:
     ]
 
 
-def run_ingest(config: PipelineConfig, *, progress: bool = False) -> IngestResult:
+def run_ingest(config: PipelineConfig, *, progress: bool = False, track: bool = True) -> IngestResult:
     """Entry point of the ingest stage."""
     out = config.output.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -85,5 +86,21 @@ def run_ingest(config: PipelineConfig, *, progress: bool = False) -> IngestResul
                             n_files=scanned.n_files, label_source=label_source, key_source=key_source)
     paths["data_card.md"].write_text(card)
     paths["config.yaml"].write_text(dump_config(config))
+    _log(config, manifest, errors, digest, scanned.n_files, paths["data_card.md"], track)
     return IngestResult(paths["manifest.parquet"], paths["errors.csv"], paths["data_card.md"], paths["config.yaml"],
                         manifest, errors, scanned.n_files, digest)
+
+
+def _log(config: PipelineConfig, manifest: pd.DataFrame, errors: pd.DataFrame, digest: str, n_files: int,
+         card: Path, track: bool) -> None:
+    """MLflow: counts, the manifest as a dataset, the data card and rejects by reason (no paths)."""
+    with stage_run(config, "ingest", enabled=track) as run:
+        counts = {"files": n_files, "series": len(manifest), "studies": manifest["study_uid"].nunique(),
+                  "patients": manifest["patient_key"].nunique(), "rejected": len(errors)}
+        counts |= {f"series_{name}": int(n) for name, n in manifest["split"].value_counts().items()}
+        run.log_metrics(counts)
+        run.log_manifest(manifest, digest, context="ingest")
+        run.log_artifact(card)
+        by_reason = errors.groupby("reason_code").size().to_dict() if len(errors) else {}
+        run.log_dict({"rejected_by_reason": {k: int(v) for k, v in by_reason.items()}}, "errors_summary.json")
+        run.set_tags({"medvit.manifest_digest": digest})

@@ -256,8 +256,9 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
         result = TrainResult(str(best_path), str(last_path), trainer.best_epoch,
                              trainer.best_auroc if trainer.best_auroc > -math.inf else float("nan"),
                              trainer.epoch, stopped_early, run.run_id, trainer.history)
-        if info.is_main:
-            (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+        if info.is_main:  # paths relative to output.dir: no site path goes to MLflow
+            summary = asdict(result) | {"best_path": "train/best.safetensors", "last_path": "train/last.safetensors"}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
             run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch})
             run.log_artifact(out / "summary.json")
     return result
