@@ -21,7 +21,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/medvit demo
+	$(VENV)/bin/medvit demo --kind xray
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_vit.py
