@@ -57,4 +57,4 @@ def test_split_fractions_must_leave_training_data():
 
 def test_flatten_gives_dotted_params():
     flat = flatten(load_config(CONFIGS / "demo_mri.yaml"))
-    assert flat["data.kind"] == "mri" and flat["preprocess.mri.img_size"] == "[32, 32, 32]"
+    assert flat["data.kind"] == "mri" and flat["preprocess.mri.img_size"] == "[48, 48, 32]"
