@@ -43,14 +43,16 @@ def model_only(trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]
     return images_seen / (time.perf_counter() - start)
 
 
-def measure(config_path: Path, studies: int, amp: str, workers: int, tmp: Path) -> dict[str, float]:
+def measure(config_path: Path, studies: int, amp: str, workers: int | None, tmp: Path) -> dict[str, float]:
     kind = load_config(config_path, [f"data.dicom_root={tmp}", f"output.dir={tmp}"]).data.kind
     cohort = tmp / "cohort"
     if not (cohort / "labels.csv").is_file():
         write_cohort(cohort, kind, studies, seed=0)
-    config = load_config(config_path, [
-        f"data.dicom_root={cohort / 'dicom'}", f"data.labels={cohort / 'labels.csv'}", f"output.dir={tmp / 'run'}",
-        f"train.amp={amp}", f"train.num_workers={workers}", "train.compile=false", "tracking.system_metrics=false"])
+    overrides = [f"data.dicom_root={cohort / 'dicom'}", f"data.labels={cohort / 'labels.csv'}",
+                 f"output.dir={tmp / 'run'}", f"train.amp={amp}", "train.compile=false", "tracking.system_metrics=false"]
+    if workers is not None:
+        overrides.append(f"train.num_workers={workers}")
+    config = load_config(config_path, overrides)
     if not (tmp / "run" / "manifest.parquet").is_file():
         run_ingest(config, track=False)
     trainer = Trainer(config, engine.Dist(), engine.resolve_device(config.train.device, engine.Dist()))
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo_xray.yaml")
     parser.add_argument("--studies", type=int, default=300)
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     args = parser.parse_args()
     print(f"# bench_train: {args.config.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"cuda={torch.cuda.is_available()}")
