@@ -39,7 +39,10 @@ def assign_splits(frame: pd.DataFrame, val: float, test: float, seed: int) -> pd
     if labelled.empty:
         return split
     labels = labelled["label"].astype(int).to_numpy()
-    groups = labelled["patient_key"].to_numpy()
+    # Each patient is named by its first study UID, not its pseudonym: the fold assignment then depends on
+    # the seed and the cohort only, not on the (per-site, per-folder) pseudonymization key.
+    first_study = labelled.groupby("patient_key")["study_uid"].transform("min")
+    groups = first_study.to_numpy()
     is_test = _hold_out(labels, groups, test, seed)
     rest = ~is_test
     is_val = np.zeros(len(labels), dtype=bool)

@@ -85,3 +85,9 @@ def test_splits_without_val_or_test_and_too_few_patients():
     tiny = pd.DataFrame({"patient_key": ["a", "a"], "study_uid": ["1", "2"], "label": [0, 1]})
     with pytest.raises(ConfigError, match="too few"):
         assign_splits(tiny, val=0.2, test=0.2, seed=0)
+
+
+def test_splits_do_not_depend_on_the_pseudonymization_key():
+    frame = _cohort(80)
+    other_key = frame.assign(patient_key=frame["patient_key"].map(lambda k: f"x{hash(k) % 997}_{k}"))
+    assert assign_splits(frame, 0.2, 0.2, seed=5).equals(assign_splits(other_key, 0.2, 0.2, seed=5))
