@@ -115,10 +115,12 @@ class _EofWatch:
         self.partial_reads = 0
         self.empty_reads = 0
         self.overran = False
+        self._position = fh.tell()  # tracked here: a tell() per read would double the cost of parsing
 
     def read(self, n: int = -1) -> bytes:
-        start = self._fh.tell()
         data = self._fh.read(n)
+        start = self._position
+        self._position += len(data)
         if n is not None and n > 0 and len(data) < n and (start, n) not in self._ignored:
             if data:
                 self.partial_reads += 1
@@ -127,12 +129,12 @@ class _EofWatch:
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        position = self._fh.seek(offset, whence)
+        position = self._position = self._fh.seek(offset, whence)
         self.overran = self.overran or position > self.size
         return position
 
     def tell(self) -> int:
-        return self._fh.tell()
+        return self._position
 
     @property
     def hit_eof(self) -> bool:
