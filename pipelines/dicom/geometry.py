@@ -52,7 +52,7 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class FrameGeometry:
-    """Geometry of one 2D frame in LPS patient coordinates (mm); plain tuples, so it pickles small and compares."""
+    """Geometry of one 2D frame in LPS patient coordinates (mm); plain tuples, so it serialises small and compares."""
 
     position: tuple[float, float, float]  # ImagePositionPatient: centre of the first transmitted pixel
     orientation: tuple[float, ...]  # unit row cosine, then unit column cosine (6 values)

@@ -15,21 +15,21 @@ fragment items) is checked against the file size without reading the pixels.
 Geometry: every frame's position, orientation, pixel spacing and size come from ``geometry.frame_geometries``,
 the function the pixel reader uses, so that a header that the reader cannot place in a volume carries the
 reader's own error (``InstanceHeader.geometry_error``). All results are small frozen dataclasses of plain
-values, so they pickle cheaply (about 0.6 kB a file) from a ``HeaderWorker`` process.
+values, so they travel cheaply as JSON from a ``HeaderWorker`` process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import pickle
 import re
 import signal
 import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -364,27 +364,57 @@ def _header_from_dataset(name: str, ds: Dataset, transfer_syntax: str, has_pixel
     )
 
 
+def encode_outcome(outcome: Outcome) -> dict:
+    """An outcome as JSON-ready data (the worker protocol carries JSON, never pickle)."""
+    return {"type": type(outcome).__name__, **asdict(outcome)}
+
+
+def decode_outcome(data: dict) -> Outcome:
+    """The inverse of ``encode_outcome``: rebuild the dataclasses, lists back to tuples."""
+    kind = data.pop("type")
+    if kind == "Rejected":
+        return Rejected(**data)
+    if kind == "Skipped":
+        return Skipped(**data)
+    if kind != "InstanceHeader":
+        raise ValueError(f"unknown outcome type {kind!r} from a header worker")
+    frames = tuple(FrameGeometry(position=tuple(f["position"]), orientation=tuple(f["orientation"]),
+                                 pixel_spacing=tuple(f["pixel_spacing"]), shape=tuple(f["shape"]),
+                                 frame_of_reference=f["frame_of_reference"]) for f in data.pop("frames"))
+    error = data.pop("geometry_error")
+    spacing = data.pop("pixel_spacing")
+    image_type = tuple(data.pop("image_type"))
+    return InstanceHeader(**data, frames=frames, geometry_error=Rejected(**error) if error else None,
+                          pixel_spacing=tuple(spacing) if spacing is not None else None, image_type=image_type)
+
+
 class HeaderWorker:
     """A worker interpreter that runs ``read_header`` for this process, one list of paths at a time.
 
     It imports only this module: nothing is forked from the caller (which may hold torch threads), and unlike
     multiprocessing's spawn and forkserver workers (Python 3.11) it does not re-import the caller's ``__main__``,
-    which in the ``medvit`` CLI means torch: seconds per worker. Paths go in and outcomes come back pickled
-    over its stdin and stdout.
+    which in the ``medvit`` CLI means torch: seconds per worker. Paths go in and outcomes come back as one
+    line of JSON each way over its stdin and stdout (nothing is unpickled).
     """
 
     def __init__(self) -> None:
-        boot = f"import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); from {__name__} import _serve; _serve()"
-        command = [sys.executable, "-I", "-c", boot]  # isolated: no module in the working folder shadows pickle
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        pickle.dump(list(sys.path), self._process.stdin)
+        boot = (f"import json, sys; sys.path[:] = json.loads(sys.stdin.readline()); "
+                f"from {__name__} import _serve; _serve()")
+        command = [sys.executable, "-I", "-c", boot]  # isolated: no module in the working folder shadows json
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._send(list(sys.path))
+
+    def _send(self, data: list) -> None:
+        self._process.stdin.write(json.dumps(data) + "\n")
         self._process.stdin.flush()
 
     def read(self, paths: list[str]) -> list[Outcome]:
-        """``read_header`` of each path, in the worker; OSError, EOFError or UnpicklingError when it has died."""
-        pickle.dump(paths, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._process.stdin.flush()
-        return pickle.load(self._process.stdout)
+        """``read_header`` of each path, in the worker; OSError, EOFError or ValueError when it has died."""
+        self._send(paths)
+        line = self._process.stdout.readline()
+        if not line:
+            raise EOFError("header worker ended")
+        return [decode_outcome(item) for item in json.loads(line)]
 
     def close(self) -> None:
         """End the worker by closing its pipes; kill it when it does not end in time."""
@@ -399,16 +429,13 @@ class HeaderWorker:
 
 
 def _serve() -> None:
-    """Worker loop: pickled lists of paths in on stdin, pickled lists of outcomes out, until stdin closes."""
+    """Worker loop: a JSON list of paths per line in, a JSON list of outcomes per line out, until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it stops the workers
-    results = os.fdopen(os.dup(1), "wb")
+    results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the result stream
-    while True:
-        try:
-            paths = pickle.load(sys.stdin.buffer)
-        except EOFError:
-            return
-        pickle.dump([read_header(path) for path in paths], results, protocol=pickle.HIGHEST_PROTOCOL)
+    for line in sys.stdin:
+        outcomes = [encode_outcome(read_header(path)) for path in json.loads(line)]
+        results.write(json.dumps(outcomes) + "\n")
         results.flush()
 
 

@@ -31,7 +31,6 @@ import contextlib
 import errno
 import math
 import os
-import pickle
 import queue
 import re
 import threading
@@ -246,7 +245,7 @@ def _read_in_workers(chunks: list[list[str]], workers: int, done: Callable[[int]
     lock = threading.Lock()
 
     def feed(worker: HeaderWorker) -> None:
-        with contextlib.suppress(queue.Empty, OSError, ValueError, EOFError, pickle.UnpicklingError):  # or: died
+        with contextlib.suppress(queue.Empty, OSError, ValueError, EOFError):  # or: died
             while True:
                 index = pending.get_nowait()
                 results[index] = worker.read(chunks[index])
