@@ -28,6 +28,7 @@ from ..data import build_dataset
 from ..manifest import read_manifest
 from ..modeling import build_model, model_kwargs, param_groups, save_model
 from ..tracking import stage_run
+from .ingest import manifest_digest
 
 
 @dataclass
@@ -229,7 +230,7 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
     with stage_run(config, "train", enabled=track, run_id=trainer.run_id) as run:
         trainer.run_id = run.run_id
         if trainer.epoch == 0 and info.is_main:
-            run.log_manifest(trainer.manifest, _digest(config), context="training")
+            run.log_manifest(trainer.manifest, manifest_digest(trainer.manifest), context="training")
             run.set_tags({"medvit.amp": str(trainer.amp).replace("torch.", ""), "medvit.device": device.type,
                           "medvit.world_size": str(info.world_size)})
         while trainer.epoch < config.train.epochs:
@@ -262,10 +263,3 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
             run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch})
             run.log_artifact(out / "summary.json")
     return result
-
-
-def _digest(config: PipelineConfig) -> str:
-    from .ingest import manifest_digest
-
-    return manifest_digest(read_manifest(config.output.dir / "manifest.parquet"))
-
