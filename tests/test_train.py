@@ -127,3 +127,18 @@ def test_two_process_ddp_on_cpu_with_gloo(xray_cohort, ingested, tmp_path):
     assert state["epoch"] == 2
     history = state["history"]
     assert all(h["val_auroc"] == h["val_auroc"] for h in history)  # computed from both ranks' shards
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_explicit_amp_modes_train_on_cpu(xray_cohort, ingested, tmp_path, amp):
+    from pipelines import engine
+
+    dtype = engine.resolve_amp(amp, torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
+    assert engine.resolve_amp("auto", torch.device("cpu")) is None  # auto is off on CPU
+    assert engine.make_scaler(torch.device("cpu"), dtype).is_enabled() == (amp == "fp16")  # loss scaling for fp16
+    out = fresh_out(ingested, tmp_path, amp)
+    result = run_train(tiny_config(xray_cohort, out, epochs=1, amp=amp), track=False)
+    assert result.epochs_run == 1 and result.history[0]["train_loss"] == result.history[0]["train_loss"]
+    state = load_state(Path(result.last_path))
+    assert bool(state["scaler"]) == (amp == "fp16")
