@@ -66,21 +66,27 @@ def _unflatten(node: Any, handle: Any) -> Any:
     return node
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the file, rename it to ``path`` and fsync the folder."""
+def atomic_write(path: Path, write: Any, durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` and rename the result to ``path``: readers see the old file or the new one.
+
+    ``durable`` also fsyncs the file and the folder, so the new file survives a power cut (checkpoints,
+    manifests); a recomputable cache entry can skip that cost.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if durable:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from monai.transforms import (
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoint import atomic_write
 from .config import PipelineConfig
 from .dicom.read import DicomSeriesReader
 
@@ -170,18 +170,10 @@ class FileDigests:
 
 
 def _save_entry(path: Path, image: MetaTensor) -> None:
-    """Atomically write tensor + affine + small JSON meta as safetensors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically write tensor + affine + small JSON meta as safetensors (no fsync: a cache is recomputable)."""
     meta = {"spatial_shape": [int(s) for s in image.meta.get("spatial_shape", image.shape[1:])]}
     tensors = {"image": image.as_tensor().contiguous(), "affine": torch.as_tensor(image.affine).double().contiguous()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"meta": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}), durable=False)
 
 
 def _load_entry(path: Path) -> MetaTensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checkpoint import atomic_write
 from .dicom.reasons import Rejected
 from .dicom.scan import Series
 from .privacy import Pseudonymizer
@@ -64,10 +65,7 @@ def build_manifest(series: Iterable[Series], labels: Mapping[str, int] | None, p
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> None:
     """Parquet, written to a temporary file and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -81,10 +79,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
 def write_errors(rejected: Iterable[Rejected], path: Path) -> pd.DataFrame:
     """``errors.csv`` (path, reason_code, message), written atomically."""
     frame = pd.DataFrame([r.as_row() for r in rejected], columns=ERROR_COLUMNS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return frame
 
 
