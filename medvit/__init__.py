@@ -2,6 +2,7 @@
 
 from .explain import attention_maps, attention_rollout, rollout_heatmap
 from .layers import Attention, Block, ConvStem, DropPath, Mlp, PatchEmbed
+from .mae import MAEOutput, MaskedAutoencoder, patchify, random_masking, unpatchify
 from .pos_embed import resample_pos_embed, sincos_grid
 from .timm_weights import from_timm
 from .vit import PRESETS, VisionTransformer, create_model, list_models
@@ -12,6 +13,8 @@ __all__ = [
     "Block",
     "ConvStem",
     "DropPath",
+    "MAEOutput",
+    "MaskedAutoencoder",
     "Mlp",
     "PatchEmbed",
     "VisionTransformer",
@@ -20,8 +23,11 @@ __all__ = [
     "create_model",
     "from_timm",
     "list_models",
+    "patchify",
+    "random_masking",
     "resample_pos_embed",
     "rollout_heatmap",
     "sincos_grid",
+    "unpatchify",
 ]
 __version__ = "0.1.0"

@@ -41,7 +41,7 @@ def rollout_heatmap(model: VisionTransformer, x: torch.Tensor, head_fusion: str 
     """Rollout relevance of each patch for the prediction, upsampled to input size and scaled to [0, 1].
 
     Returns (B, *img_size). With a class token the class-token row is used; without one, the mean over
-    all token rows.
+    all token rows. Only the patch columns are kept: the class and (DeiT) distillation tokens are skipped.
     """
     rollout = attention_rollout(attention_maps(model, x), head_fusion)
     prefix = model.num_prefix_tokens

@@ -17,8 +17,8 @@ _UNSUPPORTED = {
     "attn.q_norm": "query/key normalisation",
     "patch_embed.backbone": "a ResNet hybrid backbone",
     "attn_pool": "attention pooling",
-    "dist_token": "a distillation token",
 }
+_DIST_KEYS = ("dist_token", "head_dist.weight", "head_dist.bias")
 
 
 def load_state_dict(source: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
@@ -71,7 +71,8 @@ def _infer_config(sd: Mapping[str, torch.Tensor], num_heads: int) -> dict:
     embed_dim, src_chans, *patch_size = patch_w.shape
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
     class_token = "cls_token" in sd
-    num_prefix = 1 if class_token else 0
+    distilled = "dist_token" in sd
+    num_prefix = int(class_token) + int(distilled)
     grid_tokens = sd["pos_embed"].shape[1] - num_prefix
     side = round(grid_tokens ** (1 / len(patch_size)))
     if side ** len(patch_size) != grid_tokens:
@@ -89,9 +90,31 @@ def _infer_config(sd: Mapping[str, torch.Tensor], num_heads: int) -> dict:
         "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
         "class_token": class_token,
+        "distilled": distilled,
         "global_pool": "avg" if "fc_norm.weight" in sd else "token",
         "init_values": 1.0 if "blocks.0.ls1.gamma" in sd else None,
     }
+
+
+def match_distillation(sd: dict[str, torch.Tensor], distilled: bool) -> dict[str, torch.Tensor]:
+    """Make a timm state dict fit a model with (``distilled``) or without a distillation token.
+
+    DeiT weights into a plain model: the distillation token, its position slot and ``head_dist`` are
+    dropped (the class-token path is kept). Plain weights into a distilled model: the distillation
+    token's position slot copies the class token's; ``dist_token`` and ``head_dist`` are not in the
+    weights and stay at their fresh initialisation.
+    """
+    has_dist = "dist_token" in sd
+    if has_dist == distilled or "cls_token" not in sd:
+        return sd
+    pos = sd["pos_embed"]
+    if has_dist:
+        sd = {k: v for k, v in sd.items() if k not in _DIST_KEYS}
+        sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+    else:
+        sd = dict(sd)
+        sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+    return sd
 
 
 def from_timm(
@@ -108,6 +131,11 @@ def from_timm(
     be given. ``in_chans`` adapts the patch projection (3 -> 1 sums the RGB filters); ``img_size``
     resamples the position embedding to the new grid (bicubic, antialiased, class token kept).
     Other keyword arguments (``drop_path_rate``, ``attn_impl``, ...) go to the constructor.
+
+    DeiT distilled weights (``dist_token``, ``head_dist``) build a distilled model. ``distilled=True``
+    with plain ViT weights starts the distillation token and head from their initialisation (its position
+    embedding from the class token's); ``distilled=False`` with DeiT weights drops them, see
+    ``match_distillation``.
     """
     sd = strip_prefix(load_state_dict(state_dict_or_path))
     config = _infer_config(sd, num_heads)
@@ -119,8 +147,11 @@ def from_timm(
         config["img_size"] = img_size
     config.update(overrides)
     model = VisionTransformer(**config)
+    sd = match_distillation(sd, model.distilled)
     sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, src_grid, model.num_prefix_tokens)
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    if model.distilled and "dist_token" not in sd:  # plain weights into a distilled model
+        missing = [k for k in missing if k not in _DIST_KEYS]
     if missing or unexpected:
         raise ValueError(f"timm weights do not match the inferred model: missing {missing}, unexpected {unexpected}")
     return model

@@ -1,7 +1,8 @@
 """VisionTransformer for 2D images and 3D volumes, with an optional convolutional (hybrid) stem.
 
-Read top to bottom: tokens from patches (or a conv stem), a class token, position embeddings, a stack of
-pre-norm blocks, a final norm, pooling and a linear head. Names match timm where the concept is the same.
+Read top to bottom: tokens from patches (or a conv stem), a class token (and optionally a DeiT
+distillation token), position embeddings, a stack of pre-norm blocks, a final norm, pooling and a linear
+head. Names match timm where the concept is the same.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class VisionTransformer(nn.Module):
     ``stem="conv"`` swaps the patchify convolution for the Xiao et al. (2021) convolutional stem.
     ``pos_embed`` is ``"learned"`` or fixed ``"sincos"``; ``global_pool`` is ``"token"`` or ``"avg"``.
     ``attn_impl`` is ``"sdpa"`` (fused, default) or ``"explicit"``; both compute the same function.
+    ``distilled=True`` adds the DeiT (Touvron et al. 2021) distillation token after the class token and a
+    second head ``head_dist``: ``forward_distill`` returns both heads' logits (the class head is trained on
+    the labels, the distillation head on a teacher), ``forward`` their mean, as DeiT does at inference.
     The constructor arguments are kept in ``self.config`` so a model can be rebuilt from its config.
     """
 
@@ -41,6 +45,7 @@ class VisionTransformer(nn.Module):
         qkv_bias: bool = True,
         class_token: bool = True,
         global_pool: str = "token",
+        distilled: bool = False,
         pos_embed: str = "learned",
         stem: str = "patch",
         stem_channels: Sequence[int] | None = None,
@@ -59,6 +64,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if distilled and not (class_token and global_pool == "token"):
+            raise ValueError("distilled=True needs class_token=True and global_pool='token'")
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.spatial_dims = spatial_dims
@@ -68,7 +75,8 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.global_pool = global_pool
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.distilled = distilled
+        self.num_prefix_tokens = int(class_token) + int(distilled)
         self.pos_embed_kind = pos_embed
         self.grad_checkpointing = False
 
@@ -79,6 +87,7 @@ class VisionTransformer(nn.Module):
         else:
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         num_tokens = self.num_prefix_tokens + self.num_patches
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
@@ -97,6 +106,9 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = None
+        if distilled:  # only registered when used, so plain models keep their state-dict keys
+            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()
 
     # ---- construction helpers -------------------------------------------------------------------
@@ -129,10 +141,29 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not get weight decay (embeddings; norms and biases by ndim)."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token"} | ({"dist_token"} if self.distilled else set())
+
+    def layer_id(self, param_name: str) -> int:
+        """Depth of a parameter for layer-wise learning-rate decay (BEiT / MAE fine-tuning).
+
+        0: the embedding (``patch_embed``, ``cls_token``, ``dist_token``, ``pos_embed``); ``i + 1`` for
+        ``blocks.i``; ``depth + 1`` for everything after the blocks (``norm``, ``fc_norm``, ``head``,
+        ``head_dist``). Depends on the name only; ``module.`` (DDP) and ``_orig_mod.`` (torch.compile)
+        prefixes are ignored. A typical scale is ``decay ** (depth + 1 - layer_id(name))``.
+        """
+        name = param_name
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.split(".", 1)[1]
+        if name in ("cls_token", "dist_token", "pos_embed") or name.startswith("patch_embed."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward to save memory; results are unchanged."""
@@ -162,22 +193,35 @@ class VisionTransformer(nn.Module):
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(f"input spatial size {tuple(x.shape[2:])} != model img_size {self.img_size}")
         x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
         return self.pos_drop(x + self.pos_embed)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised tokens (B, T, D)."""
-        x = self.embed(x)
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the transformer blocks on tokens (B, T, D), with gradient checkpointing when enabled."""
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return self.norm(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> normalised tokens (B, T, D)."""
+        return self.norm(self.forward_blocks(self.embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens -> logits (or the pooled features when ``pre_logits``)."""
+        """Tokens -> logits (or the pooled features when ``pre_logits``).
+
+        A distilled model returns the mean of its two heads (the mean of both tokens' features for
+        ``pre_logits``).
+        """
+        if self.distilled:
+            if pre_logits:
+                return self.head_drop((x[:, 0] + x[:, 1]) / 2)
+            cls_logits, dist_logits = self.forward_head_distill(x)
+            return (cls_logits + dist_logits) / 2
         if self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         else:
@@ -185,8 +229,22 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
+    def forward_head_distill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of a distilled model -> (class-head logits, distillation-head logits)."""
+        if not self.distilled:
+            raise RuntimeError("forward_distill needs a model built with distilled=True")
+        cls_feat, dist_feat = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        return self.head(cls_feat), self.head_dist(dist_feat)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_distill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (class-head logits, distillation-head logits), each (B, num_classes), for training.
+
+        The class head learns from the labels, the distillation head from a teacher's predictions.
+        """
+        return self.forward_head_distill(self.forward_features(x))
 
     def forward_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits plus every block's attention weights, each (B, heads, T, T), via the explicit path."""
