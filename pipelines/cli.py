@@ -192,6 +192,74 @@ def preview_command(path: Path, out: Path, config_path: Path | None, overrides: 
     sys.exit(EXIT_PARTIAL if any(is_failure(r.reason_code) for r in scanned.rejected) else EXIT_OK)
 
 
+@cli.command("score")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_uri", required=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local model folder")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="output folder")
+@click.option("--heatmaps", is_flag=True, help="a PNG per study: attention rollout over the model input")
+@click.option("--shard", default=None, metavar="I/N", help="score shard I of N (0-based); default: the torchrun "
+              "rank, else everything")
+@click.option("--overwrite", is_flag=True, help="rescore everything (default: skip studies this model scored)")
+@click.option("--log-mlflow", is_flag=True, help="record counts and timings in an MLflow run (medvit.stage=score)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers (default: 0 on <= 2 cores, else up to 8)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--aggregate", type=click.Choice(["max", "mean"]), default=None,
+              help="series -> study score (default: the model's)")
+@click.option("--parquet", is_flag=True, help="also write scores.parquet and series_scores.parquet")
+@clean_errors
+def score_command(inputs: tuple[Path, ...], model_uri: str, out: Path, heatmaps: bool, shard: str | None,
+                  overwrite: bool, log_mlflow: bool, batch_size: int, workers: int | None, device: str,
+                  aggregate: str | None, parquet: bool) -> None:
+    """Score every study under INPUT... with a registered model; resumable, shardable, atomic outputs."""
+    from .stages.score import ScoreOptions, parse_shard, run_score
+
+    options = ScoreOptions(inputs=list(inputs), model=model_uri, out=out, heatmaps=heatmaps,
+                           shard=parse_shard(shard) if shard else None, overwrite=overwrite, log_mlflow=log_mlflow,
+                           batch_size=batch_size, workers=workers, device=device, aggregate=aggregate,
+                           parquet=parquet, progress=True)
+    result = run_score(options)
+    _echo_errors(result.frames["errors"])
+    counts = result.summary["counts"]
+    click.echo(summary_table(f"score with {result.summary['model']['label']}", [
+        ("files scanned", counts["files"]),
+        ("studies scored now / already scored", f"{counts['studies_scored']} / "
+                                                f"{counts['studies_skipped_already_scored']}"),
+        ("series scored / failed", f"{counts['series_scored']} / {counts['series_failed']}"),
+        ("rejected items", counts["rejected_items"]),
+        ("studies/s", result.summary["studies_per_sec"]),
+        ("shard", result.summary["shard"] or "all"),
+        ("outputs", result.folder),
+        *([("merged shards into", out)] if result.merged else []),
+    ]))
+    sys.exit(EXIT_PARTIAL if result.partial else EXIT_OK)
+
+
+@cli.command("merge-scores")
+@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@clean_errors
+def merge_scores_command(out: Path) -> None:
+    """Merge OUT/shards/I-of-N outputs (e.g. copied from several machines) into OUT."""
+    from .score_outputs import merge_shards
+
+    summary = merge_shards(out)
+    if summary is None:
+        raise ConfigError(f"'{out}/shards' does not hold every shard's finished outputs (summary.json): finish or "
+                          "copy the missing shards first")
+    click.echo(f"merged {summary['shards']} shards: {summary['counts']['studies_in_scores']} studies -> {out}")
+
+
+def _echo_errors(errors: Any, limit: int = 20) -> None:
+    """One line per failed item (item, reason, fix), at most ``limit``; the rest are in errors.csv."""
+    failures = errors[[is_failure(code) for code in errors["reason_code"]]]
+    for row in failures.head(limit).itertuples(index=False):
+        click.echo(f"medvit: {row.path}: {row.reason_code}: {row.message}", err=True)
+    if len(failures) > limit:
+        click.echo(f"medvit: ... and {len(failures) - limit} more failed items in errors.csv", err=True)
+
+
 @cli.command("run")
 @config_options
 @click.option("--alias", default=None, help="registry alias for the registered model")

@@ -1,0 +1,342 @@
+"""Score: new DICOM folders in, a score per study out; resumable, shardable, and never stopped by a bad file.
+
+The model URI brings its own preprocessing, selection rules, threshold and study aggregation (the package
+``register`` writes), so scoring needs no training config. Files are scanned and grouped exactly as ingest
+does; series are decoded and preprocessed in DataLoader workers while the model scores the previous batch;
+series scores become study scores (max by default). Outputs and their crash safety: ``score_outputs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import engine
+from ..config import ConfigError
+from ..data import IMAGE, deterministic_transforms
+from ..dicom.reasons import DECODE_ERROR, UNSUPPORTED_MODALITY, DicomError, Rejected, is_failure
+from ..dicom.scan import Series, scan
+from ..model_package import LoadedModel, load_packaged_model
+from ..score_outputs import ScoreOutputs, merge_shards, shard_folder
+from .ingest import selection_rules
+
+
+class ScoreOptions(BaseModel):
+    """Everything `medvit score` takes; the model supplies the rest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: list[Path] = Field(min_length=1)
+    model: str
+    out: Path
+    heatmaps: bool = False
+    shard: tuple[int, int] | None = None  # (index, count), index 0-based; None: from torchrun env, else all
+    overwrite: bool = False
+    log_mlflow: bool = False
+    tracking_uri: str | None = None
+    batch_size: int = Field(16, ge=1)
+    workers: int | None = Field(None, ge=0)  # None: 0 on machines with <= 2 cores, else up to 8
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    aggregate: Literal["max", "mean"] | None = None  # None: the model's own (chosen at evaluate)
+    parquet: bool = False
+    progress: bool = False
+
+    @field_validator("shard")
+    @classmethod
+    def _valid_shard(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError(f"shard {value[0]}/{value[1]}: the index must be 0..{value[1] - 1}")
+        return value
+
+
+@dataclass
+class ScoreResult:
+    folder: Path
+    summary: dict[str, Any]
+    frames: dict[str, pd.DataFrame]
+    merged: bool = False  # shard outputs were merged into the top folder
+
+    @property
+    def partial(self) -> bool:
+        return any(is_failure(code) for code in self.frames["errors"]["reason_code"])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (0-based I) -> (I, N)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard '{text}' is not I/N (e.g. 0/4 for the first of four)") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard '{text}': I must be 0..{count - 1} (shards are numbered from 0)")
+    return index, count
+
+
+def resolve_shard(options: ScoreOptions) -> tuple[int, int] | None:
+    """The explicit shard, else the torchrun rank, else None (everything in one process)."""
+    if options.shard is not None:
+        return options.shard if options.shard[1] > 1 else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic assignment of a study (or a rejected file) to one shard."""
+    return shard is None or int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % shard[1] == shard[0]
+
+
+def auto_workers(requested: int | None) -> int:
+    """Loader workers: in-process on <= 2 cores (workers then cost more than they overlap; docs/benchmarks.md)."""
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def _dicom_error(exc: BaseException) -> DicomError | None:
+    """The DicomError behind an exception (MONAI wraps transform errors in RuntimeError)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, DicomError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """One line, without object addresses (``<... at 0x7f..>``), so reruns give the same message."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", " ".join(str(text).split()))[:limit]
+
+
+class SeriesDataset(torch.utils.data.Dataset):
+    """Preprocessed series; a series that cannot be decoded becomes an error record, never an exception."""
+
+    def __init__(self, series: Sequence[Series], transform: Any):
+        self.series = list(series)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.series[index]
+        try:
+            image = self.transform({IMAGE: s.files[0] if s.kind == "xray" else list(s.files)})[IMAGE]
+        except Exception as exc:  # recorded per series; the batch goes on
+            found = _dicom_error(exc)
+            if found is not None:
+                return {"index": index, "error": found.reason_code, "message": one_line(found.message)}
+            return {"index": index, "error": DECODE_ERROR,
+                    "message": f"cannot be decoded or preprocessed ({one_line(exc, 200)}): check the file "
+                               "with `medvit preview`, or exclude it"}
+        tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        return {"index": index, IMAGE: tensor.float()}
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the decoded series; pass the error records through."""
+    good = [b for b in batch if "error" not in b]
+    return {"index": [b["index"] for b in good],
+            IMAGE: torch.stack([b[IMAGE] for b in good]) if good else None,
+            "errors": [b for b in batch if "error" in b]}
+
+
+# ---- study bookkeeping ----------------------------------------------------------------------------------
+@dataclass
+class _Study:
+    expected: int
+    series_rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None  # (score, image, heatmap) of the top series
+
+
+class StudyCollector:
+    """Gathers series results until each study is complete, then writes it (and its heatmap)."""
+
+    def __init__(self, series: Sequence[Series], loaded: LoadedModel, outputs: ScoreOutputs, aggregate: str,
+                 heatmap_dir: Path | None):
+        self.series = list(series)
+        self.loaded = loaded
+        self.outputs = outputs
+        self.aggregate = aggregate
+        self.heatmap_dir = heatmap_dir
+        self.pending: dict[str, _Study] = {}
+        for s in self.series:
+            self.pending.setdefault(s.study_uid, _Study(0)).expected += 1
+        self.studies_scored = self.series_scored = self.series_failed = 0
+
+    def add_score(self, index: int, score: float, image: np.ndarray | None, heat: np.ndarray | None) -> bool:
+        s = self.series[index]
+        study = self.pending[s.study_uid]
+        study.series_rows.append({
+            "StudyInstanceUID": s.study_uid, "SeriesInstanceUID": s.series_uid, "score": score,
+            "modality": s.modality, "n_files": len(s.files), "model": self.loaded.label,
+            "model_sha256": self.loaded.digest})
+        if heat is not None and (study.best is None or score > study.best[0]):
+            study.best = (score, image, heat)
+        return self._maybe_finish(s.study_uid)
+
+    def add_error(self, index: int, reason_code: str, message: str) -> bool:
+        s = self.series[index]
+        self.pending[s.study_uid].errors.append(Rejected(s.files[0], reason_code, message).as_row())
+        return self._maybe_finish(s.study_uid)
+
+    def _maybe_finish(self, study_uid: str) -> bool:
+        study = self.pending[study_uid]
+        if len(study.series_rows) + len(study.errors) < study.expected:
+            return False
+        del self.pending[study_uid]
+        row = None
+        if study.series_rows:
+            scores = [r["score"] for r in study.series_rows]
+            score = float(max(scores) if self.aggregate == "max" else np.mean(scores))
+            row = {"StudyInstanceUID": study_uid, "score": score,
+                   "prediction": "abnormal" if score >= self.loaded.threshold else "normal",
+                   "threshold": self.loaded.threshold, "model": self.loaded.label,
+                   "model_sha256": self.loaded.digest, "n_series": len(study.series_rows),
+                   "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            if study.best is not None and self.heatmap_dir is not None:
+                from ..heatmaps import write_heatmap
+
+                write_heatmap(self.heatmap_dir / f"{study_uid}.png", study.best[1], study.best[2])
+            self.studies_scored += 1
+        self.series_scored += len(study.series_rows)
+        self.series_failed += len(study.errors)
+        self.outputs.add_study(study.series_rows, row, study.errors)
+        return True
+
+
+# ---- the stage -------------------------------------------------------------------------------------------
+def _check_inputs(inputs: Sequence[Path]) -> None:
+    for path in inputs:
+        if not path.exists():
+            raise ConfigError(f"input '{path}' does not exist: check the path")
+        if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            raise ConfigError(f"input '{path}' cannot be read: check its permissions")
+
+
+def _score_batches(loaded: LoadedModel, dataset: SeriesDataset, collector: StudyCollector, options: ScoreOptions,
+                   device: torch.device, progress: Any) -> None:
+    amp = engine.resolve_amp(options.amp, device)
+    workers = auto_workers(options.workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate, pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if workers else None)
+    model = loaded.model.to(device).eval()
+    if options.heatmaps:
+        from ..heatmaps import heatmap_batch
+    for batch in loader:
+        for record in batch["errors"]:
+            progress.update(int(collector.add_error(record["index"], record["error"], record["message"])))
+        if batch[IMAGE] is None:
+            continue
+        images = batch[IMAGE].to(device, non_blocking=True)
+        with torch.inference_mode(), engine.autocast(device, amp):
+            scores = torch.sigmoid(model(images).float().reshape(-1)).cpu().tolist()
+        heats = None
+        if options.heatmaps:
+            with engine.autocast(device, amp):
+                found = heatmap_batch(model, images)
+            heats = None if found is None else found.float().numpy()
+        pictures = batch[IMAGE][:, 0].float().numpy() if heats is not None else None
+        for j, (index, score) in enumerate(zip(batch["index"], scores, strict=True)):
+            finished = collector.add_score(index, score, None if pictures is None else pictures[j],
+                                           None if heats is None else heats[j])
+            progress.update(int(finished))
+
+
+def run_score(options: ScoreOptions) -> ScoreResult:
+    """Entry point of the score stage: scan, score what is not scored yet, publish, merge shards."""
+    from tqdm import tqdm
+
+    from ..tracking import stage_run
+
+    started, t0 = datetime.now(UTC), time.perf_counter()
+    _check_inputs(options.inputs)
+    shard = resolve_shard(options)
+    device = engine.resolve_device(options.device, engine.Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+    loaded = load_packaged_model(options.model, device="cpu", tracking=options.tracking_uri)
+    t_model = time.perf_counter()
+    config = loaded.config
+    kind = config.data.kind
+    folder = options.out if shard is None else shard_folder(options.out, *shard)
+    outputs = ScoreOutputs(folder, overwrite=options.overwrite)
+
+    scanned = scan([str(p) for p in options.inputs], selection_rules(config), workers=auto_workers(options.workers),
+                   progress=options.progress)
+    t_scan = time.perf_counter()
+    rejected = list(scanned.rejected) + [
+        Rejected(s.files[0], UNSUPPORTED_MODALITY, f"{s.modality} series is {s.kind}, but the model scores {kind}: "
+                 f"score it with a {s.kind} model") for s in scanned.series if s.kind != kind]
+    rejected = [r for r in rejected if in_shard(r.path, shard)]
+    mine = [s for s in scanned.series if s.kind == kind and in_shard(s.study_uid, shard)]
+    done = outputs.scored_studies(loaded.digest)
+    todo = [s for s in mine if s.study_uid not in done]
+    carried = {f for s in mine if s.study_uid in done for f in s.files}
+    aggregate = options.aggregate or loaded.meta.get("aggregate", "max")
+    collector = StudyCollector(todo, loaded, outputs, aggregate, folder / "heatmaps" if options.heatmaps else None)
+    n_todo_studies = len(collector.pending)
+    with tqdm(total=n_todo_studies, desc="score", unit="study", disable=not options.progress) as bar:
+        _score_batches(loaded, SeriesDataset(todo, deterministic_transforms(config)), collector, options, device, bar)
+    t_score = time.perf_counter()
+
+    scan_errors = pd.DataFrame([r.as_row() for r in rejected], columns=["path", "reason_code", "message"])
+    summary = _summary(options, loaded, shard, aggregate, started, scanned.n_files, mine, done, collector,
+                       rejected, {"load_model": t_model - t0, "scan": t_scan - t_model, "score": t_score - t_scan})
+    frames = outputs.merged(scan_errors, carried)
+    summary["counts"]["studies_in_scores"] = len(frames["scores"])
+    summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    outputs.publish(frames, summary, parquet=options.parquet)
+    merged = shard is not None and merge_shards(options.out, parquet=options.parquet) is not None
+    if options.log_mlflow:
+        tracked = config.model_copy(deep=True)
+        if options.tracking_uri:
+            tracked.tracking.uri = options.tracking_uri
+        with stage_run(tracked, "score") as run:
+            run.set_tags({"medvit.model": loaded.label, "medvit.model_sha256": loaded.digest,
+                          "medvit.model_source": loaded.source, "medvit.shard": summary["shard"] or "all"})
+            run.log_metrics({**{f"n_{k}": float(v) for k, v in summary["counts"].items()},
+                             **{f"time_{k}_s": float(v) for k, v in summary["timings_s"].items()},
+                             "studies_per_sec": float(summary["studies_per_sec"])})
+            run.log_dict(summary, "summary.json")
+    return ScoreResult(folder, summary, frames, merged)
+
+
+def _summary(options: ScoreOptions, loaded: LoadedModel, shard: tuple[int, int] | None, aggregate: str,
+             started: datetime, n_files: int, mine: list[Series], done: set[str], collector: StudyCollector,
+             rejected: list[Rejected], timings: dict[str, float]) -> dict[str, Any]:
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
+    studies = {s.study_uid for s in mine}
+    return {
+        "model": {"label": loaded.label, "name": loaded.name, "version": loaded.version, "sha256": loaded.digest,
+                  "source": loaded.source},
+        "kind": loaded.config.data.kind, "threshold": loaded.threshold, "aggregate": aggregate,
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "counts": {"files": n_files, "studies_found": len(studies), "series_found": len(mine),
+                   "studies_skipped_already_scored": len(studies & done), "studies_scored": collector.studies_scored,
+                   "series_scored": collector.series_scored, "series_failed": collector.series_failed,
+                   "rejected_items": len(rejected),
+                   "failures": collector.series_failed + sum(is_failure(r.reason_code) for r in rejected)},
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "studies_per_sec": round(collector.studies_scored / max(timings["score"], 1e-9), 3),
+    }
