@@ -131,6 +131,25 @@ def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -
         ]))
 
 
+@cli.command("pretrain")
+@config_options
+@click.option("--resume", is_flag=True, help="continue from OUTPUT/pretrain/last.safetensors")
+@clean_errors
+def pretrain_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -> None:
+    """Masked-autoencoder pretraining on every eligible series (no labels); last line: `encoder: URI`."""
+    from .stages.pretrain import run_pretrain
+
+    config = _load(config_path, overrides)
+    result = run_pretrain(config, resume=resume, progress=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(summary_table(f"pretrain {config.name}", [
+            ("series used", result.n_series), ("epochs run", result.epochs_run),
+            ("final MAE loss", f"{result.final_loss:.4f}"), ("encoder file", result.encoder_path),
+            ("MLflow run", result.run_id),
+        ]))
+        click.echo(f"encoder: {result.encoder_uri}")
+
+
 @cli.command("evaluate")
 @config_options
 @clean_errors

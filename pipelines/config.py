@@ -96,7 +96,8 @@ class PrivacyConfig(Section):
 class ModelConfig(Section):
     """The network. Image size comes from ``preprocess``; 2D or 3D from ``data.kind``."""
 
-    arch: Literal["vit", "hybrid"] = Field("vit", description="hybrid = ViT with the convolutional stem")
+    arch: Literal["vit", "hybrid", "densenet121", "resnet18", "resnet50"] = Field(
+        "vit", description="hybrid = ViT with the convolutional stem; densenet121/resnet* = MONAI CNN baselines")
     preset: str | None = Field(None, description="a medvit preset (vit_tiny|small|base, vit3d_tiny|small|base); "
                                                    "default vit_small for xray, vit3d_small for mri")
     patch_size: int | tuple[int, ...] | None = None
@@ -127,6 +128,28 @@ class TrainConfig(Section):
     seed: int = 0
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    init: str | None = Field(None, description="start the ViT from an encoder: a `medvit pretrain` URI or path, "
+                                               "or a timm-format .safetensors/.pth file")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay, e.g. 0.75 (fine-tuning)")
+    distill: DistillConfig | None = None
+    progressive: list[ProgressiveStage] | None = Field(
+        None, description="train small first: stages of epochs at a smaller img_size; the rest at full size")
+    progressive_batch: Literal["fixed", "auto"] = Field(
+        "fixed", description="auto: scale the batch size with the pixel count so memory stays flat")
+
+
+class DistillConfig(Section):
+    """DeiT distillation: the ViT gets a distillation token whose head learns from a frozen teacher."""
+
+    teacher: str = Field(description="model URI of the teacher (models:/NAME@ALIAS, runs:/ID/model, a folder)")
+    kind: Literal["hard", "soft"] = "hard"
+    temperature: float = Field(1.0, gt=0, description="soft distillation: temperature of both sigmoids")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss (1 - alpha: labels)")
+
+
+class ProgressiveStage(Section):
+    epochs: int = Field(ge=1)
+    img_size: int | tuple[int, int, int] = Field(description="an int for X-ray, [x, y, z] for MRI")
 
 
 class EvaluateConfig(Section):
@@ -134,6 +157,23 @@ class EvaluateConfig(Section):
     target_sensitivity: float = Field(0.9, gt=0, le=1)
     bootstrap: int = Field(1000, ge=0)
     aggregate: Literal["max", "mean"] = Field("max", description="series scores -> study score")
+
+
+class PretrainConfig(Section):
+    """Masked-autoencoder pretraining (`medvit pretrain`) on every eligible series, labelled or not."""
+
+    dicom_root: Path | None = Field(None, description="default: data.dicom_root")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.5e-4, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(5.0, ge=0)
+    mask_ratio: float = Field(0.75, ge=0, lt=1)
+    norm_pix_loss: bool = True
+    decoder_dim: int = Field(128, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
 
 
 class TrackingConfig(Section):
@@ -156,6 +196,7 @@ class PipelineConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -210,6 +251,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
+            if child is None:  # an optional section left empty (e.g. train.distill: null)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
             node = child

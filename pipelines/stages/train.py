@@ -7,6 +7,7 @@ model's constructor arguments) and ``OUTPUT/train/summary.json``. Runs under tor
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -21,12 +22,14 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from .. import engine
+from medvit import VisionTransformer, resample_pos_embed
+
+from .. import engine, recipes
 from ..checkpoint import load_state, save_state
 from ..config import ConfigError, PipelineConfig
 from ..data import build_dataset
 from ..manifest import read_manifest
-from ..modeling import build_model, model_kwargs, param_groups, save_model
+from ..modeling import build_model, input_size, model_kwargs, param_groups, save_model
 from ..tracking import stage_run
 from .ingest import manifest_digest
 
@@ -73,11 +76,16 @@ def val_metrics(model: nn.Module, loader: Any, loss_fn: nn.Module, device: torch
     return {"val_auroc": safe_auroc(frame["label"].tolist(), frame["score"].tolist()), "val_loss": loss}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: PipelineConfig, steps: int) -> Any:
-    """Linear warmup then cosine decay to ``train.min_lr``, stepped once per optimizer step."""
-    total = config.train.epochs * steps
-    warmup = min(int(round(config.train.warmup_epochs * steps)), total - 1)
-    eta_min = config.train.min_lr
+def make_scheduler(optimizer: torch.optim.Optimizer, epoch_steps: list[int], warmup_epochs: float,
+                   eta_min: float) -> Any:
+    """Linear warmup then cosine decay to ``eta_min``, stepped once per optimizer step.
+
+    ``epoch_steps``: optimizer steps of each epoch (they differ when the batch size changes with the image size).
+    """
+    total = sum(epoch_steps)
+    whole = int(warmup_epochs)
+    warmup = sum(epoch_steps[:whole]) + (warmup_epochs - whole) * (epoch_steps[whole] if whole < len(epoch_steps) else 0)
+    warmup = min(int(round(warmup)), total - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=eta_min)
     if warmup <= 0:
         return cosine
@@ -102,25 +110,68 @@ class Trainer:
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device) if pos_weight is not None else None)
         self.val_loss_fn = nn.BCEWithLogitsLoss()
         self.kwargs = model_kwargs(config)
+        if config.train.distill is not None:
+            if config.model.arch not in ("vit", "hybrid"):
+                raise ConfigError("train.distill needs a ViT student (model.arch vit or hybrid)")
+            self.kwargs["distilled"] = True
         engine.seed_everything(config.train.seed)
         self.module = build_model(self.kwargs).to(device)
-        self.module.set_grad_checkpointing(config.model.grad_checkpointing)
-        self.model: nn.Module = self.module
-        if info.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[device.index] if device.type == "cuda" else None)
-        if config.train.compile:
-            self.model = torch.compile(self.model)
+        if config.train.init:
+            recipes.load_init(self.module, config.train.init)
+        if hasattr(self.module, "set_grad_checkpointing"):
+            self.module.set_grad_checkpointing(config.model.grad_checkpointing)
+        self.teacher = recipes.load_teacher(config, device) if config.train.distill is not None else None
+        self.full_size = tuple(input_size(config))
+        self.sizes = recipes.epoch_sizes(config)
+        recipes.check_patch_fit(self.module, self.sizes)
+        self._wrap()
         self.amp = engine.resolve_amp(config.train.amp, device)
         self.scaler = engine.make_scaler(device, self.amp)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, config.train.weight_decay), lr=config.train.lr)
-        n_batches = math.ceil(len(self.train_set) / (config.train.batch_size * info.world_size))
-        self.steps = engine.steps_per_epoch(n_batches, config.train.accumulate)
-        self.scheduler = make_scheduler(self.optimizer, config, self.steps)
+        t = config.train
+        groups = (recipes.layer_decay_groups(self.module, t.weight_decay, t.lr, t.layer_decay) if t.layer_decay
+                  else param_groups(self.module, t.weight_decay))
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
+        epoch_steps = [engine.steps_per_epoch(math.ceil(len(self.train_set) / (recipes.epoch_batch_size(config, size)
+                                                                               * info.world_size)), t.accumulate)
+                       for size in self.sizes]
+        self.scheduler = make_scheduler(self.optimizer, epoch_steps, t.warmup_epochs, t.min_lr)
         self.epoch, self.step = 0, 0
         self.best_auroc, self.best_epoch, self.bad_epochs = -math.inf, -1, 0
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None
+
+    def _wrap(self) -> None:
+        """The training forward: DDP and compile around the model (or its distillation forward)."""
+        train_module: nn.Module = recipes.DistillForward(self.module) if self.teacher is not None else self.module
+        self.model = train_module
+        if self.info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                train_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.train.compile:
+            self.model = torch.compile(self.model)
+
+    def set_size(self, size: tuple[int, ...]) -> None:
+        """Progressive resizing: a ViT's position embeddings follow the input size (same Parameters)."""
+        module = self.module
+        if not isinstance(module, VisionTransformer) or tuple(module.img_size) == tuple(size):
+            return
+        old_grid = module.grid_size
+        module.set_img_size(size)
+        state = self.optimizer.state.get(module.pos_embed, {}) if hasattr(self, "optimizer") else {}
+        for key in ("exp_avg", "exp_avg_sq"):  # AdamW moments of a learned embedding follow its grid
+            if key in state:
+                moved = resample_pos_embed(state[key], module.grid_size, old_grid, module.num_prefix_tokens)
+                state[key] = moved.clamp_min(0) if key == "exp_avg_sq" else moved
+        if self.info.enabled:  # DDP's buckets hold the old shapes
+            self._wrap()
+
+    def full_size_module(self) -> nn.Module:
+        """The model at the registered (full) size: a resized copy during a progressive stage."""
+        if not isinstance(self.module, VisionTransformer) or tuple(self.module.img_size) == self.full_size:
+            return self.module
+        full = copy.deepcopy(self.module)
+        full.set_img_size(self.full_size)
+        return full
 
     # ---- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -130,12 +181,15 @@ class Trainer:
             "rng": engine.rng_state(), "epoch": self.epoch, "step": self.step, "history": self.history,
             "best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "run_id": self.run_id, "model_kwargs": json.dumps(self.kwargs),
+            "img_size": json.dumps(list(getattr(self.module, "img_size", self.full_size))),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         if json.loads(state["model_kwargs"]) != self.kwargs:
             raise ConfigError("the checkpoint was trained with another model config: resume with the same "
                               "config, or train without --resume into a new output.dir")
+        if "img_size" in state:  # a progressive run saved during a smaller stage
+            self.set_size(tuple(json.loads(state["img_size"])))
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -149,9 +203,11 @@ class Trainer:
     # ---- one epoch ----------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
         cfg = self.config.train
-        loader = engine.make_loader(self.train_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                    shuffle=True, seed=cfg.seed, epoch=self.epoch, info=self.info,
-                                    sample_weights=self.sample_weights, device=self.device)
+        size = self.sizes[self.epoch]
+        self.set_size(size)
+        loader = engine.make_loader(self.train_set, batch_size=recipes.epoch_batch_size(self.config, size),
+                                    num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed, epoch=self.epoch,
+                                    info=self.info, sample_weights=self.sample_weights, device=self.device)
         torch.manual_seed(engine.epoch_seed(cfg.seed, self.epoch) + 1 + self.info.rank)  # dropout, drop path
         self.model.train()
         total, count, seen = 0.0, 0, 0
@@ -163,8 +219,9 @@ class Trainer:
             last_of_group = (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader)
             sync = last_of_group or not self.info.enabled
             context = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else nullcontext()
+            images = recipes.resize_batch(images, size)
             with context, engine.autocast(self.device, self.amp):
-                loss = self.loss_fn(self.model(images).float().reshape(-1), labels)
+                loss = self._loss(images, labels)
             self.scaler.scale(loss / cfg.accumulate).backward()
             if last_of_group:
                 self._optimizer_step()
@@ -178,6 +235,13 @@ class Trainer:
         return {"train_loss": engine.mean_across_ranks(total, count, self.info, self.device),
                 "images_per_sec": seen * self.info.world_size / elapsed,
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return self.loss_fn(self.model(images).float().reshape(-1), labels)
+        cls_logits, dist_logits = self.model(images)
+        return self.teacher.loss(cls_logits.float().reshape(-1), dist_logits.float().reshape(-1), labels,
+                                 self.teacher.logits(images), self.loss_fn)
 
     def _optimizer_step(self) -> None:
         if self.config.train.grad_clip:
@@ -195,7 +259,20 @@ class Trainer:
         cfg = self.config.train
         loader = engine.make_loader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                     shuffle=False, seed=cfg.seed, epoch=self.epoch, info=self.info, device=self.device)
-        return val_metrics(self.model, loader, self.val_loss_fn, self.device, self.amp, self.info)
+        size = tuple(getattr(self.module, "img_size", self.full_size))
+        model = self.module if size == self.full_size else ResizeInput(self.module, size)
+        return val_metrics(model, loader, self.val_loss_fn, self.device, self.amp, self.info)
+
+
+class ResizeInput(nn.Module):
+    """Validation during a progressive stage: full-size batches shrunk to the stage size."""
+
+    def __init__(self, module: nn.Module, size: tuple[int, ...]):
+        super().__init__()
+        self.module, self.size = module, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(recipes.resize_batch(x, self.size))
 
 
 def _improved(trainer: Trainer, auroc: float) -> bool:
@@ -241,7 +318,7 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
                 trainer.best_auroc = metrics["val_auroc"] if not math.isnan(metrics["val_auroc"]) else trainer.best_auroc
                 trainer.best_epoch, trainer.bad_epochs = trainer.epoch, 0
                 if info.is_main:
-                    save_model(best_path, trainer.module, trainer.kwargs,
+                    save_model(best_path, trainer.full_size_module(), trainer.kwargs,
                                {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
             else:
                 trainer.bad_epochs += 1
