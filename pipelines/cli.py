@@ -216,7 +216,8 @@ def preview_command(path: Path, out: Path, config_path: Path | None, overrides: 
 @click.option("--model", "model_uri", required=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local model folder")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="output folder")
-@click.option("--heatmaps", is_flag=True, help="a PNG per study: attention rollout over the model input")
+@click.option("--heatmaps", is_flag=True, help="a PNG per study: attention rollout over the model input (ViT "
+              "models; CNN baselines have no attention and write none)")
 @click.option("--shard", default=None, metavar="I/N", help="score shard I of N (0-based); default: the torchrun "
               "rank, else everything")
 @click.option("--overwrite", is_flag=True, help="rescore everything (default: skip studies this model scored)")
@@ -242,6 +243,8 @@ def score_command(inputs: tuple[Path, ...], model_uri: str, out: Path, heatmaps:
     result = run_score(options)
     _echo_errors(result.frames["errors"])
     counts = result.summary["counts"]
+    if heatmaps and counts["studies_scored"] and not counts["heatmaps"]:
+        click.echo("medvit: --heatmaps: this model has no attention (a CNN baseline): no heatmaps written", err=True)
     click.echo(summary_table(f"score with {result.summary['model']['label']}", [
         ("files scanned", counts["files"]),
         ("studies scored now / already scored", f"{counts['studies_scored']} / "

@@ -115,7 +115,7 @@ def set_deterministic(enabled: bool) -> None:
 # ---- loaders ----------------------------------------------------------------------------------------
 def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, num_workers: int, shuffle: bool,
                 seed: int, epoch: int, info: Dist, sample_weights: list[float] | None = None,
-                device: torch.device | None = None) -> DataLoader:
+                device: torch.device | None = None, drop_last: bool = False) -> DataLoader:
     """A loader whose order and augmentation depend only on (seed, epoch): resuming replays them exactly."""
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     if info.enabled:
@@ -131,7 +131,7 @@ def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, num_worke
     if num_workers == 0:  # MONAI seeds transforms in workers; in-process we seed them here
         set_rnd(dataset, epoch_seed(seed, epoch) + info.rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      generator=generator, pin_memory=device is not None and device.type == "cuda",
+                      generator=generator, pin_memory=device is not None and device.type == "cuda", drop_last=drop_last,
                       persistent_workers=False)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 import medvit
 
 from .config import ConfigError, PipelineConfig
-from .modeling import input_size
+from .modeling import check_input_size, input_size
 
 # Keys that may differ between an encoder and the classifier it starts: heads, and the distillation token.
 HEAD_KEYS = ("head.", "head_dist.", "fc_norm.")
@@ -202,6 +202,7 @@ def epoch_sizes(config: PipelineConfig) -> list[tuple[int, ...]]:
         if len(size) != len(full) or any(s > f for s, f in zip(size, full, strict=True)):
             raise ConfigError(f"train.progressive img_size {stage.img_size} must be {len(full)}D and at most the "
                               f"model size {list(full)}")
+        check_input_size(config.model.arch, size, "train.progressive img_size")
         sizes += [size] * stage.epochs
     if len(sizes) > config.train.epochs:
         raise ConfigError(f"train.progressive stages add up to {len(sizes)} epochs, more than train.epochs="

@@ -74,7 +74,7 @@ Research decision support: flags {config.data.kind} studies as **abnormal** or *
 device; a clinician reads every study. Trained and evaluated on `{config.name}` data only.
 
 ## Model
-medvit Vision Transformer ({config.model.arch}, preset `{config.model.preset}`), input
+{_architecture(config)}, input
 {'x'.join(str(s) for s in _input(config))}, one logit (probability of abnormal). Best epoch
 {train_summary.get('best_epoch')} of {train_summary.get('epochs_run')} (validation AUROC
 {fmt(train_summary.get('best_val_auroc'))}).
@@ -102,6 +102,15 @@ Metrics come from one site's split and a small test set (see the CI). Performanc
 populations or protocols is unknown until measured. Scores are not calibrated probabilities unless the
 reliability diagram of the evaluate run says so.
 """
+
+
+def _architecture(config: PipelineConfig) -> str:
+    arch = config.model.arch
+    if arch in ("vit", "hybrid"):
+        distilled = ", distilled from a teacher" if config.train.distill else ""
+        init = ", initialised from a pretrained encoder" if config.train.init else ""
+        return f"medvit Vision Transformer ({arch}, preset `{config.model.preset}`{distilled}{init})"
+    return f"MONAI {arch} (CNN baseline, randomly initialised)"
 
 
 def _input(config: PipelineConfig) -> tuple[int, ...]:

@@ -178,7 +178,7 @@ class StudyCollector:
         self.pending: dict[str, _Study] = {}
         for s in self.series:
             self.pending.setdefault(s.study_uid, _Study(0)).expected += 1
-        self.studies_scored = self.series_scored = self.series_failed = 0
+        self.studies_scored = self.series_scored = self.series_failed = self.heatmaps = 0
 
     def add_score(self, index: int, score: float, image: np.ndarray | None, heat: np.ndarray | None) -> bool:
         s = self.series[index]
@@ -214,6 +214,7 @@ class StudyCollector:
                 from ..heatmaps import write_heatmap
 
                 write_heatmap(self.heatmap_dir / f"{study_uid}.png", study.best[1], study.best[2])
+                self.heatmaps += 1
             self.studies_scored += 1
         self.series_scored += len(study.series_rows)
         self.series_failed += len(study.errors)
@@ -334,7 +335,7 @@ def _summary(options: ScoreOptions, loaded: LoadedModel, shard: tuple[int, int] 
         "counts": {"files": n_files, "studies_found": len(studies), "series_found": len(mine),
                    "studies_skipped_already_scored": len(studies & done), "studies_scored": collector.studies_scored,
                    "series_scored": collector.series_scored, "series_failed": collector.series_failed,
-                   "rejected_items": len(rejected),
+                   "rejected_items": len(rejected), "heatmaps": collector.heatmaps,
                    "failures": collector.series_failed + sum(is_failure(r.reason_code) for r in rejected)},
         "rejected_by_reason": dict(sorted(reasons.items())),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -29,7 +29,7 @@ from ..checkpoint import load_state, save_state
 from ..config import ConfigError, PipelineConfig
 from ..data import build_dataset
 from ..manifest import read_manifest
-from ..modeling import build_model, input_size, model_kwargs, param_groups, save_model
+from ..modeling import build_model, input_size, is_vit, model_kwargs, param_groups, save_model
 from ..tracking import stage_run
 from .ingest import manifest_digest
 
@@ -131,14 +131,22 @@ class Trainer:
         groups = (recipes.layer_decay_groups(self.module, t.weight_decay, t.lr, t.layer_decay) if t.layer_decay
                   else param_groups(self.module, t.weight_decay))
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
-        epoch_steps = [engine.steps_per_epoch(math.ceil(len(self.train_set) / (recipes.epoch_batch_size(config, size)
-                                                                               * info.world_size)), t.accumulate)
+        epoch_steps = [engine.steps_per_epoch(self._n_batches(recipes.epoch_batch_size(config, size)), t.accumulate)
                        for size in self.sizes]
         self.scheduler = make_scheduler(self.optimizer, epoch_steps, t.warmup_epochs, t.min_lr)
         self.epoch, self.step = 0, 0
         self.best_auroc, self.best_epoch, self.bad_epochs = -math.inf, -1, 0
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None
+
+    def _drop_last(self, batch_size: int) -> bool:
+        """Drop a last batch of one image for CNNs: BatchNorm cannot train on it (ViTs keep every batch)."""
+        per_rank = math.ceil(len(self.train_set) / self.info.world_size)
+        return per_rank > 1 and per_rank % batch_size == 1 and not is_vit(self.module)
+
+    def _n_batches(self, batch_size: int) -> int:
+        per_rank = math.ceil(len(self.train_set) / self.info.world_size)
+        return per_rank // batch_size if self._drop_last(batch_size) else math.ceil(per_rank / batch_size)
 
     def _wrap(self) -> None:
         """The training forward: DDP and compile around the model (or its distillation forward)."""
@@ -205,9 +213,10 @@ class Trainer:
         cfg = self.config.train
         size = self.sizes[self.epoch]
         self.set_size(size)
-        loader = engine.make_loader(self.train_set, batch_size=recipes.epoch_batch_size(self.config, size),
-                                    num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed, epoch=self.epoch,
-                                    info=self.info, sample_weights=self.sample_weights, device=self.device)
+        batch_size = recipes.epoch_batch_size(self.config, size)
+        loader = engine.make_loader(self.train_set, batch_size=batch_size, num_workers=cfg.num_workers, shuffle=True,
+                                    seed=cfg.seed, epoch=self.epoch, info=self.info, sample_weights=self.sample_weights,
+                                    device=self.device, drop_last=self._drop_last(batch_size))
         torch.manual_seed(engine.epoch_seed(cfg.seed, self.epoch) + 1 + self.info.rank)  # dropout, drop path
         self.model.train()
         total, count, seen = 0.0, 0, 0
