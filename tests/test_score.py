@@ -310,6 +310,19 @@ def test_torchrun_environment_selects_the_shard(registered, new_folder, tmp_path
     assert 0 < len(result.frames["scores"]) < 40
 
 
+def test_torchrun_scores_one_shard_per_rank_and_merges(registered, new_folder, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "out"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipelines.cli", "score",
+                           str(new_folder / "dicom"), "--model", str(registered[1]), "--out", str(out),
+                           "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in (out / "shards").iterdir()} == {"0-of-2", "1-of-2"}
+    single = run_score(options([new_folder / "dicom"], registered[1], tmp_path / "single")).frames
+    assert_same_outputs(read_outputs(out), {k: v.astype(str) for k, v in single.items()})
+
+
 def test_merge_before_all_shards_finish_is_exit_2(tmp_path):
     (tmp_path / "shards" / "0-of-2").mkdir(parents=True)
     result = invoke(["merge-scores", str(tmp_path)])

@@ -14,6 +14,7 @@ from ..tracking import pipeline_run, tracking_uri
 from .evaluate import EvaluateResult, run_evaluate
 from .ingest import IngestResult, run_ingest
 from .register import RegisterResult, run_register
+from .score import ScoreOptions, run_score
 from .train import TrainResult, run_train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -68,16 +69,6 @@ def demo_config(kind: str, out: Path) -> PipelineConfig:
         f"data.dicom_root={root / 'dicom'}", f"data.labels={root / 'labels.csv'}", f"output.dir={root / 'run'}"])
 
 
-def score_folder(model_dir: Path, folder: Path, out_csv: Path) -> pd.DataFrame:
-    """Score every study under ``folder`` with the packaged model (the pyfunc people load)."""
-    import mlflow
-
-    scores = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame({"path": [str(folder)]}))
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(out_csv, index=False)
-    return scores
-
-
 def run_demo(kind: str, out: Path, studies: int | None = None) -> str:
     """Synthesize, run every stage, register, then score a freshly synthesized folder; return a summary."""
     from sklearn.metrics import roc_auc_score
@@ -89,15 +80,18 @@ def run_demo(kind: str, out: Path, studies: int | None = None) -> str:
     result = run_pipeline(config, progress=True)
     new = out / f"{kind}_new"
     write_cohort(new, kind, DEMO_NEW_STUDIES[kind], seed=1, difficulty=DEMO_DIFFICULTY[kind])
-    scores = score_folder(result.register.local_model, new / "dicom", out / f"{kind}_scores" / "scores.csv")
+    scored = run_score(ScoreOptions(inputs=[new / "dicom"], model=result.register.model_uri, out=out / f"{kind}_scores",
+                                    heatmaps=True, overwrite=True, tracking_uri=tracking_uri(config), progress=True))
+    scores = scored.frames["scores"].astype({"score": float})
     labels = pd.read_csv(new / "labels.csv")
     joined = scores.merge(labels, on="StudyInstanceUID")
     new_auroc = roc_auc_score(joined["label"] == "abnormal", joined["score"]) if len(joined) else float("nan")
     return "\n\n".join([
         result.summary(),
         summary_table("scoring a fresh synthetic folder", [
-            ("studies scored", len(scores)), ("AUROC on the fresh folder", f"{new_auroc:.3f}"),
-            ("scores", out / f"{kind}_scores" / "scores.csv"),
+            ("studies scored (medvit score)", len(scores)), ("AUROC on the fresh folder", f"{new_auroc:.3f}"),
+            ("studies/s", scored.summary["studies_per_sec"]),
+            ("scores, heatmaps", f"{scored.folder / 'scores.csv'}, {scored.folder / 'heatmaps'}"),
         ]),
         f"Open the MLflow UI: medvit ui   (store: {tracking_uri(config)})",
     ])

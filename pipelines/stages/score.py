@@ -8,11 +8,12 @@ series scores become study scores (max by default). Outputs and their crash safe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +48,7 @@ class ScoreOptions(BaseModel):
     log_mlflow: bool = False
     tracking_uri: str | None = None
     batch_size: int = Field(16, ge=1)
-    workers: int | None = Field(None, ge=0)  # None: 0 on machines with <= 2 cores, else up to 8
+    workers: int | None = Field(None, ge=0)  # None: 1 on <= 2 cores, else up to 8 (cores - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     aggregate: Literal["max", "mean"] | None = None  # None: the model's own (chosen at evaluate)
@@ -99,11 +100,24 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 
 
 def auto_workers(requested: int | None) -> int:
-    """Loader workers: in-process on <= 2 cores (workers then cost more than they overlap; docs/benchmarks.md)."""
+    """Loader workers: one decodes while the model scores (on 2 cores: 1 worker + 1 torch thread, see
+    docs/benchmarks.md); more cores, up to 8 workers."""
     if requested is not None:
         return requested
     cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(8, cores - 1)
+    return 0 if cores < 2 else min(8, cores - 1)
+
+
+@contextlib.contextmanager
+def inference_threads(workers: int) -> Iterator[None]:
+    """Leave the workers' cores to them: torch uses the remaining cores while scoring, then is restored."""
+    before = torch.get_num_threads()
+    if workers:
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---- data ---------------------------------------------------------------------------------------------
@@ -239,8 +253,16 @@ def _score_batches(loaded: LoadedModel, dataset: SeriesDataset, collector: Study
                                          collate_fn=collate, pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if workers else None)
     model = loaded.model.to(device).eval()
+    heatmaps = None
     if options.heatmaps:
-        from ..heatmaps import heatmap_batch
+        from ..heatmaps import heatmap_batch as heatmaps
+    with inference_threads(workers if device.type == "cpu" else 0):
+        _run_loader(loader, model, collector, device, amp, progress, heatmaps)
+
+
+def _run_loader(loader: Any, model: torch.nn.Module, collector: StudyCollector, device: torch.device,
+                amp: torch.dtype | None, progress: Any, heatmap_batch: Any | None) -> None:
+    """Score every batch; error records and scores go to the collector as they arrive."""
     for batch in loader:
         for record in batch["errors"]:
             progress.update(int(collector.add_error(record["index"], record["error"], record["message"])))
@@ -250,7 +272,7 @@ def _score_batches(loaded: LoadedModel, dataset: SeriesDataset, collector: Study
         with torch.inference_mode(), engine.autocast(device, amp):
             scores = torch.sigmoid(model(images).float().reshape(-1)).cpu().tolist()
         heats = None
-        if options.heatmaps:
+        if heatmap_batch is not None:
             with engine.autocast(device, amp):
                 found = heatmap_batch(model, images)
             heats = None if found is None else found.float().numpy()
