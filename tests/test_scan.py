@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import struct
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom import config as pydicom_config
+from pydicom import hooks as pydicom_hooks
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pipelines.dicom import reasons
+from pipelines.dicom import headers as headers_module
+from pipelines.dicom import rawheader, reasons
 from pipelines.dicom import scan as scan_module
 from pipelines.dicom.geometry import frame_geometries, sort_along_normal
-from pipelines.dicom.headers import HeaderWorker, InstanceHeader, Skipped, read_header
+from pipelines.dicom.headers import (
+    HeaderWorker,
+    InstanceHeader,
+    Skipped,
+    decode_outcome,
+    encode_outcome,
+    read_header,
+)
 from pipelines.dicom.read import read_volume
 from pipelines.dicom.reasons import DicomError
 from pipelines.dicom.scan import (
@@ -684,3 +697,225 @@ def test_transfer_syntax_decoder_check(tmp_path):
         pytest.skip("gdcm is installed")
     message = transfer_syntax_problem(JPEG2000, only_gdcm)
     assert message.startswith("JPEG 2000 Image Compression pixel data needs a decoder: pip install 'gdcm")
+
+
+# --- the fast header path (rawheader) must give exactly what the pydicom path gives -------------------------
+
+def pydicom_path(monkeypatch: pytest.MonkeyPatch, path: Path):
+    """``read_header`` of ``path`` with the fast path switched off (always the full pydicom read)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(headers_module, "read_plain", lambda *args: None)
+        return read_header(path)
+
+
+def took_fast_path(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return path.stat().st_size > 0 and rawheader.read_plain(fh, path.stat().st_size, fh.read(rawheader.CHUNK)) \
+            is not None
+
+
+LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+UNDEFINED = 0xFFFFFFFF
+SYNTAXES = {"explicit": "1.2.840.10008.1.2.1", "implicit": "1.2.840.10008.1.2", "big": "1.2.840.10008.1.2.2",
+            "rle": "1.2.840.10008.1.2.5"}
+PLAIN_MR = [  # (tag, VR, little-endian value bytes) of a 4x4 MR slice, hand-encoded (pydicom would tidy values)
+    (0x00080005, "CS", b"ISO_IR 100"), (0x00080008, "CS", b"ORIGINAL\\PRIMARY "),
+    (0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.4\0"), (0x00080060, "CS", b"MR"), (0x00080070, "LO", b"ACME"),
+    (0x0008103E, "LO", b"T1 AX "), (0x00100020, "LO", b"PAT-1 "), (0x00180015, "CS", b"HEAD"),
+    (0x00180050, "DS", b"2.5 "), (0x0020000D, "UI", b"1.2.3.4"), (0x0020000E, "UI", b"1.2.3.4.5\0"),
+    (0x00200013, "IS", b"7 "), (0x00200032, "DS", b"-10\\12.5\\7 "), (0x00200037, "DS", b"1\\0\\0\\0\\1\\0 "),
+    (0x00200052, "UI", b"1.2.3.9\0"), (0x00280002, "US", b"\x01\x00"), (0x00280004, "CS", b"MONOCHROME2 "),
+    (0x00280010, "US", b"\x04\x00"), (0x00280011, "US", b"\x04\x00"), (0x00280030, "DS", b"0.5\\0.5 "),
+    (0x00280100, "US", b"\x10\x00"), (0x7FE00010, "OW", bytes(32)),
+]
+ODD_VALUES = {  # name: replaced elements (value None: removed); every one in every syntax of SYNTAXES
+    "plain": [], "ds_spaces": [(0x00280030, "DS", b" 0.5 \\ 0.5")], "ds_exponent": [(0x00280030, "DS", b"5e-1\\.5")],
+    "ds_text": [(0x00280030, "DS", b"abc\\0.5 ")], "ds_empty_value": [(0x00280030, "DS", b"0.5\\\\0.5 ")],
+    "ds_one": [(0x00280030, "DS", b"0.5 ")], "ds_three": [(0x00280030, "DS", b"0.5\\0.5\\1 ")],
+    "ds_overflow": [(0x00280030, "DS", b"1e999\\1 ")], "ds_nan": [(0x00280030, "DS", b"nan\\1 ")],
+    "ds_zero": [(0x00280030, "DS", b"0\\0 ")], "ds_blank": [(0x00280030, "DS", b"    ")],
+    "ds_empty": [(0x00280030, "DS", b"")], "ds_underscore": [(0x00280030, "DS", b"1_0\\1 ")],
+    "ipp_two": [(0x00200032, "DS", b"1\\2 ")], "ipp_one": [(0x00200032, "DS", b"1 ")],
+    "ipp_empty": [(0x00200032, "DS", b"")], "ipp_missing": [(0x00200032, "DS", None)],
+    "iop_not_orthogonal": [(0x00200037, "DS", b"1\\0\\0\\0.5\\0.866\\0 ")], "iop_five": [(0x00200037, "DS", b"1\\0\\0\\0\\1 ")],
+    "is_float": [(0x00200013, "IS", b"1.0 ")], "is_fraction": [(0x00200013, "IS", b"1.5 ")],
+    "is_signed": [(0x00200013, "IS", b"+3")], "is_spaces": [(0x00200013, "IS", b" 12 ")],
+    "is_empty": [(0x00200013, "IS", b"")], "is_text": [(0x00200013, "IS", b"ab")], "is_two": [(0x00200013, "IS", b"1\\2 ")],
+    "is_huge": [(0x00200013, "IS", b"99999999999999999999")], "frames_0": [(0x00280008, "IS", b"0 ")],
+    "frames_2": [(0x00280008, "IS", b"2 "), (0x7FE00010, "OW", bytes(64))], "frames_blank": [(0x00280008, "IS", b"  ")],
+    "rows_two": [(0x00280010, "US", b"\x04\x00\x04\x00")], "rows_odd": [(0x00280010, "US", b"\x04\x00\x00")],
+    "rows_empty": [(0x00280010, "US", b"")], "rows_missing": [(0x00280010, "US", None)],
+    "rows_ss": [(0x00280010, "SS", b"\x04\x00")], "cs_lower": [(0x00080060, "CS", b"mr")],
+    "cs_spaces": [(0x00080060, "CS", b" MR ")], "cs_nul": [(0x00080060, "CS", b"MR\0\0")],
+    "cs_as_lo": [(0x00080060, "LO", b"MR")], "type_spaces": [(0x00080008, "CS", b"ORIGINAL \\ PRIMARY\\LOCALIZER\\ ")],
+    "type_empty": [(0x00080008, "CS", b"")], "lo_values": [(0x0008103E, "LO", b"T1 \\ AX\0\\ ")],
+    "lo_latin1": [(0x00080070, "LO", "Müller ".encode("latin-1"))],
+    "lo_latin1_no_charset": [(0x00080005, "CS", None), (0x00080070, "LO", "Müller ".encode("latin-1"))],
+    "lo_utf8": [(0x00080005, "CS", b"ISO_IR 192"), (0x00080070, "LO", "Müller ".encode())],
+    "lo_bad_utf8": [(0x00080005, "CS", b"ISO_IR 192"), (0x00080070, "LO", b"M\xfcller ")],
+    "lo_iso2022": [(0x00080005, "CS", b"\\ISO 2022 IR 87"), (0x00080070, "LO", b"\x1b$B;3ED\x1b(B ")],
+    "charset_cyrillic": [(0x00080005, "CS", b"ISO_IR 144"), (0x00080070, "LO", "ИМЯ ".encode("iso8859_5"))],
+    "charset_unknown": [(0x00080005, "CS", b"ISO_IR 999")], "charset_empty": [(0x00080005, "CS", b"")],
+    "ui_spaces": [(0x0020000E, "UI", b" 1.2.3.4.5 ")], "ui_two": [(0x0020000E, "UI", b"1.2\\1.3 ")],
+    "ui_empty": [(0x0020000E, "UI", b"")], "sop_directory": [(0x00080016, "UI", b"1.2.840.10008.1.3.10")],
+    "sop_report": [(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.88.11")], "for_empty": [(0x00200052, "UI", b"")],
+    "thickness_text": [(0x00180050, "DS", b"x ")], "spacing_between": [(0x00180088, "DS", b"3 ")],
+    "imager_spacing": [(0x00280030, "DS", None), (0x00181164, "DS", b"0.2\\0.2 ")],
+    "nominal_spacing": [(0x00280030, "DS", None), (0x00182010, "DS", b"0.3\\0.3 ")],
+    "pixels_short": [(0x7FE00010, "OW", bytes(10))], "pixels_missing": [(0x7FE00010, "OW", None)],
+    "float_pixels": [(0x7FE00010, "OW", None), (0x7FE00008, "OF", bytes(64))], "ybr_422": [(0x00280004, "CS", b"YBR_FULL_422")],
+    "group_length": [(0x00080000, "UL", b"\x10\x00\x00\x00")], "private": [(0x00090010, "LO", b"ACME "), (0x00091010, "LO", b"X ")],
+    "un_vr": [(0x00080070, "UN", b"ACME")], "meta_in_dataset": [(0x00020010, "UI", b"1.2.840.10008.1.2\0")],
+    "functional_groups": [(0x52009230, "SQ", b"")], "directory_records": [(0x00041220, "SQ", b"")],
+    "command_set": [(0x00000000, "UL", b"\x04\x00\x00\x00")], "trailing_padding": [(0xFFFCFFFC, "OB", bytes(8))],
+}
+
+
+def encode_element(tag: int, vr: str, value: bytes, implicit: bool, little: bool, length: int | None = None) -> bytes:
+    order = "<" if little else ">"
+    if not little and vr in ("US", "SS", "OW"):
+        value = b"".join(value[i:i + 2][::-1] for i in range(0, len(value), 2))
+    head = struct.pack(f"{order}HH", tag >> 16, tag & 0xFFFF)
+    length = len(value) if length is None else length
+    if implicit:
+        return head + struct.pack(f"{order}L", length) + value
+    if vr in LONG_VRS:
+        return head + vr.encode() + b"\0\0" + struct.pack(f"{order}L", length) + value
+    return head + vr.encode() + struct.pack(f"{order}H", length) + value
+
+
+def encode_sequence(tag: int, items: list[list[tuple]], implicit: bool, little: bool, undefined: bool = True,
+                    undefined_items: bool = True) -> bytes:
+    """An SQ element (undefined length or not) whose items hold ``(tag, VR, value)`` elements."""
+    order = "<" if little else ">"
+    body = b""
+    for item in items:
+        content = b"".join(encode_element(*element, implicit, little) for element in item)
+        body += struct.pack(f"{order}HHL", 0xFFFE, 0xE000, UNDEFINED if undefined_items else len(content)) + content
+        body += struct.pack(f"{order}HHL", 0xFFFE, 0xE00D, 0) if undefined_items else b""
+    body += struct.pack(f"{order}HHL", 0xFFFE, 0xE0DD, 0) if undefined else b""
+    return encode_element(tag, "SQ", body, implicit, little, UNDEFINED if undefined else None)
+
+
+def encode_file(elements: list, syntax: str) -> bytes:
+    """Preamble, file meta and ``elements``: ``(tag, VR, value)``, or ``(tag, "raw", encoded element)``."""
+    implicit, little = syntax == SYNTAXES["implicit"], syntax != SYNTAXES["big"]
+    uid = lambda text: text.encode() + b"\0" * (len(text) % 2)  # noqa: E731
+    meta = b"".join(encode_element(tag, vr, value, False, True) for tag, vr, value in [
+        (0x00020001, "OB", b"\0\1"), (0x00020002, "UI", uid(MR_STORAGE)), (0x00020003, "UI", uid("1.2.3.4.5.6")),
+        (0x00020010, "UI", uid(syntax))])
+    body = b"".join(e[2] if e[1] == "raw" else encode_element(*e, implicit, little) for e in elements)
+    return bytes(128) + b"DICM" + encode_element(0x00020000, "UL", struct.pack("<L", len(meta)), False, True) + meta + body
+
+
+def with_elements(changes: list[tuple], elements: list = PLAIN_MR) -> list:
+    """``elements`` with the ``(tag, VR, value)`` changes applied (value None: removed), in tag order."""
+    changed = {change[0] for change in changes}
+    kept = [e for e in elements if e[0] not in changed] + [c for c in changes if c[2] is not None]
+    return sorted(kept, key=lambda e: e[0])
+
+
+def sequence_cases(implicit: bool, little: bool) -> dict[str, list]:
+    """Files with sequences before the needed elements: the walk must end exactly where pydicom's does."""
+    ref = [(0x00081150, "UI", b"1.2\0"), (0x00081155, "UI", b"1.2.3\0")]
+    order = "<" if little else ">"
+    inner = encode_sequence(0x00081140, [ref], implicit, little)
+    nested = (struct.pack(f"{order}HHL", 0xFFFE, 0xE000, UNDEFINED) + inner + struct.pack(f"{order}HHL", 0xFFFE, 0xE00D, 0)
+              + struct.pack(f"{order}HHL", 0xFFFE, 0xE0DD, 0))
+    return {
+        "sequence_undefined": [(0x00082112, "raw", encode_sequence(0x00082112, [ref, []], implicit, little))],
+        "sequence_defined": [(0x00082112, "raw", encode_sequence(0x00082112, [ref], implicit, little, False, False))],
+        "sequence_defined_items": [(0x00082112, "raw", encode_sequence(0x00082112, [ref, []], implicit, little, True,
+                                                                        False))],
+        "sequence_empty": [(0x00082112, "raw", encode_sequence(0x00082112, [], implicit, little))],
+        "sequence_nested": [(0x00082112, "raw", encode_element(0x00082112, "SQ", nested, implicit, little, UNDEFINED))],
+        "sequence_private": [(0x00090010, "LO", b"ACME "),
+                             (0x00091001, "raw", encode_sequence(0x00091001, [ref], implicit, little))],
+    }
+
+
+def test_fast_path_equals_pydicom_path_on_pydicom_test_files(monkeypatch):
+    fast, declined = set(), set()
+    for path in sorted(p for p in TEST_FILES.rglob("*") if p.is_file()):
+        name = str(path.relative_to(TEST_FILES))
+        assert read_header(path) == pydicom_path(monkeypatch, path), name
+        (fast if took_fast_path(path) else declined).add(name)
+    assert len(fast) > 60  # most image files: every MR_small encoding, JPEG, RLE, big endian, implicit VR, ...
+    assert {"MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "CT_small.dcm",
+            "JPEG2000-embedded-sequence-delimiter.dcm", "MR_truncated.dcm", "rtdose.dcm"} <= fast
+    assert {"no_meta.dcm", "rtstruct.dcm", "image_dfl.dcm", "liver_1frame.dcm", "rtplan_truncated.dcm", "test-SR.dcm",
+            "dicomdirtests/DICOMDIR", "UN_sequence.dcm", "meta_missing_tsyntax.dcm"} <= declined
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+def test_fast_path_equals_pydicom_path_on_odd_values(tmp_path, monkeypatch, syntax):
+    implicit, little = syntax == "implicit", syntax != "big"
+    cases = {name: with_elements(changes) for name, changes in ODD_VALUES.items()}
+    cases.update({name: with_elements(changes) for name, changes in sequence_cases(implicit, little).items()})
+    fast = set()
+    for name, elements in cases.items():
+        path = tmp_path / name
+        path.write_bytes(encode_file(elements, SYNTAXES[syntax]))
+        assert read_header(path) == pydicom_path(monkeypatch, path), name
+        if took_fast_path(path):
+            fast.add(name)
+    must_decline = {"ds_text", "ds_empty_value", "ds_overflow", "ds_nan", "ds_blank", "ds_underscore", "ipp_two",
+                    "ipp_one", "iop_five", "is_float", "is_fraction", "is_text", "is_two", "frames_blank", "rows_two",
+                    "rows_odd", "rows_missing", "lo_bad_utf8", "lo_iso2022", "charset_cyrillic", "charset_unknown",
+                    "ui_two", "sop_directory", "thickness_text", "meta_in_dataset", "functional_groups",
+                    "directory_records", "command_set"}
+    if not implicit:  # implicit VR files carry no VR to disagree with the dictionary
+        must_decline |= {"rows_ss", "cs_as_lo", "un_vr"}
+    assert not fast & must_decline
+    assert set(cases) - must_decline - {"rows_ss", "cs_as_lo", "un_vr"} <= fast  # all others take the fast path
+    header = read_header(tmp_path / "plain")
+    assert header.transfer_syntax == SYNTAXES[syntax] and header.positions == ((-10.0, 12.5, 7.0),)
+    assert (header.rows, header.columns, header.pixel_spacing, header.image_type) == (4, 4, (0.5, 0.5), ("ORIGINAL", "PRIMARY"))
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "693_J2KI.dcm",
+                                  "dicomdirtests/98892001/CT2N/6293"])
+def test_fast_path_equals_pydicom_path_on_cut_copies(tmp_path, monkeypatch, name):
+    """Copies cut every 5 bytes up to the pixel data header (every byte around it), then every 41 bytes: truncated,
+    not DICOM or complete exactly as the pydicom path says (implicit VR, big endian, undefined-length sequences)."""
+    data = (TEST_FILES / name).read_bytes()
+    pixels = max(data.rfind(b"\xe0\x7f\x10\x00"), data.rfind(b"\x7f\xe0\x00\x10"))
+    offsets = {*range(0, pixels, 5), *range(pixels - 4, pixels + 16), *range(pixels + 16, len(data), 41), len(data)}
+    target = tmp_path / "cut"
+    for offset in sorted(offsets):
+        target.write_bytes(data[:offset])
+        assert read_header(target) == pydicom_path(monkeypatch, target), offset
+
+
+def test_fast_path_declines_under_other_pydicom_settings(monkeypatch):
+    path = TEST_FILES / "MR_small.dcm"
+    assert took_fast_path(path)
+    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.RAISE)
+    assert not took_fast_path(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(pydicom_config, "use_DS_numpy", True)
+    assert not took_fast_path(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(pydicom_hooks.hooks, "raw_element_value", lambda raw, data, **kwargs: None)
+    assert not took_fast_path(path)
+
+
+def test_outcomes_travel_as_json_unchanged(tmp_path):
+    write_enhanced_mr(tmp_path / "enh.dcm", n=3)
+    paths = [tmp_path / "enh.dcm", TEST_FILES / "MR_small.dcm", TEST_FILES / "CT_small.dcm", TEST_FILES / "no_meta.dcm",
+             TEST_FILES / "dicomdirtests" / "DICOMDIR", write(make_image("CR", series=new_uid()), tmp_path / "cr")]
+    for path in paths:
+        result = read_header(path)
+        data = json.loads(json.dumps(encode_outcome(result)))
+        assert data == json.loads(json.dumps({"type": type(result).__name__, **asdict(result)}))
+        assert decode_outcome(data) == result
+
+
+def test_files_reached_twice_through_links_are_scanned_once(tmp_path):
+    real = write(make_image("CR", series=new_uid()), tmp_path / "data" / "a" / "cr")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "to_file").symlink_to(real)
+    (tmp_path / "links" / "to_folder").symlink_to(tmp_path / "data", target_is_directory=True)
+    found = list(iter_dicom_files([tmp_path / "links" / "to_file", tmp_path / "data", tmp_path / "links" / "to_folder" / "a"]))
+    assert found == [tmp_path / "links" / "to_file"]
+    assert list(iter_dicom_files([tmp_path / "data" / "a" / ".." / "a", real])) == [tmp_path / "data" / "a" / ".." / "a" / "cr"]

@@ -65,7 +65,7 @@ XRAY_MODALITIES = frozenset({"CR", "DX"})
 MRI_MODALITIES = frozenset({"MR"})
 MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
 COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
-PARALLEL_MIN_FILES = 1000  # measured break-even of 2 workers on 2 idle cores: each starts in ~0.45 s
+PARALLEL_MIN_FILES = 8000  # break-even of 2 workers on 2 cores: each starts in ~0.35 s and saves ~45 us per file
 MAX_CHUNK = 64  # files per task sent to a worker: large enough to amortise IPC, small enough to balance load
 SKIPPED = "skipped"
 IN_SERIES = "series"
@@ -152,6 +152,7 @@ def iter_dicom_files(roots: Sequence[Path | str], on_error: Callable[[OSError], 
     ``OSError`` of a folder that cannot be listed.
     """
     seen: set[str] = set()
+    folders: dict[str, str] = {}  # folder -> its realpath: one lstat per file instead of one per path component
     for root in map(Path, roots):
         if not root.exists():
             if on_error is not None:
@@ -159,7 +160,13 @@ def iter_dicom_files(roots: Sequence[Path | str], on_error: Callable[[OSError], 
             continue
         candidates = [root] if root.is_file() else _walk_sorted(root, on_error)
         for path in candidates:
-            key = os.path.realpath(path)
+            folder, name = os.path.split(path)
+            if name in ("", ".", "..") or os.path.islink(path):
+                key = os.path.realpath(path)
+            else:  # realpath of a file that is no link: its folder's realpath joined with its name
+                if folder not in folders:
+                    folders[folder] = os.path.realpath(folder)
+                key = os.path.join(folders[folder], name)
             if key not in seen:
                 seen.add(key)
                 yield path
