@@ -11,7 +11,11 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - scratch: the ViT (the demo config's model) from scratch;
 - mae: the ViT after ``--pretrain-epochs`` of MAE pretraining on every pool study (``medvit pretrain``);
 - distill: the ViT with a distillation token, taught by the cnn row's model (DeiT, hard labels);
-- progressive: the ViT from scratch at half size for the first half of the epochs, then full size.
+- progressive: the ViT from scratch at half size for the first half of the epochs, then full size;
+- mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row).
+
+MAE rows fine-tune with layer-wise lr decay ``--layer-decay``. Rows of an earlier invocation with the same
+settings are kept in ``results.json``, so ``--rows mae`` reruns one row and the table still shows all.
 
 Test AUROC is per study with a 95% bootstrap CI. For progressive vs scratch, "time to AUROC" is the
 cumulative training time (images / images-per-second of each epoch, validation excluded) until the
@@ -46,7 +50,7 @@ from pipelines.stages.register import packaged_config
 from pipelines.stages.train import run_train
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("cnn", "scratch", "mae", "distill", "progressive")
+ROWS = ("cnn", "scratch", "mae", "distill", "progressive", "mae_distill")
 
 
 def cohort(folder: Path, kind: str, studies: int, seed: int, size: int, difficulty: float) -> Path:
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
+    parser.add_argument("--layer-decay", type=float, default=0.75, help="for the rows starting from the MAE encoder")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", type=Path, default=ROOT / ".bench_cache" / "data_efficiency")
     args = parser.parse_args()
@@ -160,8 +165,11 @@ def main() -> None:
         "mae": [],  # + train.init, below
         "distill": ["train.distill.kind=hard"],  # + teacher, below
         "progressive": [f"train.progressive=[{{epochs: {args.epochs // 2}, img_size: {json.dumps(half_size)}}}]"],
+        "mae_distill": ["train.distill.kind=hard"],
     }
-    results: dict[str, dict] = {}
+    settings = {k: str(v) for k, v in vars(args).items() if k != "rows"}
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    results: dict[str, dict] = dict(previous.get("rows", {})) if previous.get("args") == settings else {}
     for name in rows:
         row_dir = out / name
         shutil.rmtree(row_dir, ignore_errors=True)
@@ -175,8 +183,12 @@ def main() -> None:
             pre = run_pretrain(row_config(base, args, row_dir, pool, extra), track=False)
             record["pretrain_s"] = time.perf_counter() - start
             record["pretrain_series"] = pre.n_series
-            extra.append(f"train.init={pre.encoder_path}")
-        if name == "distill":
+        if name in ("mae", "mae_distill"):
+            if not (out / "mae" / "pretrain" / "encoder.safetensors").is_file():
+                raise SystemExit("the mae_distill row needs the mae row's encoder first")
+            extra += [f"train.init={out / 'mae' / 'pretrain' / 'encoder.safetensors'}",
+                      f"train.layer_decay={args.layer_decay}"]
+        if name in ("distill", "mae_distill"):
             if "cnn" not in results:
                 raise SystemExit("the distill row needs the cnn row first (its model is the teacher)")
             extra.append(f"train.distill.teacher={out / 'cnn_package'}")
@@ -193,7 +205,8 @@ def main() -> None:
               f"best val {record['best_val_auroc']:.3f} @ epoch {record['best_epoch']}  train {record['train_s']:.0f} s")
 
     report = summarize(results, n_train)
-    payload = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "n_train": n_train,
+    results = {k: results[k] for k in ROWS if k in results}
+    payload = {"machine": machine(), "args": settings, "n_train": n_train,
                "rows": results, "summary": report}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print_table(results, report, args)

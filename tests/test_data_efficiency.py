@@ -285,3 +285,15 @@ def test_progressive_3d_pretrain_and_train(mri_cohort, tmp_path):
     assert result.epochs_run == 2
     _, kwargs, _ = load_model(Path(result.best_path))
     assert kwargs["img_size"] == [16, 16, 16]
+
+
+def test_validation_during_a_small_stage_judges_the_full_size_model(xray_cohort, ingested, tmp_path):
+    out = fresh(ingested, tmp_path, "v")
+    config = config_for(xray_cohort, out, train={"epochs": 2, "progressive": [{"epochs": 1, "img_size": 16}]})
+    trainer = Trainer(config, Dist(), torch.device("cpu"))
+    trainer.set_size((16, 16))
+    full = trainer.full_size_module()
+    assert full is not trainer.module and tuple(full.img_size) == (32, 32)
+    metrics = trainer.validate()  # full-size batches through a full-size copy: no size error
+    assert 0.0 <= metrics["val_auroc"] <= 1.0
+    assert tuple(trainer.module.img_size) == (16, 16)  # the training model stays at the stage size

@@ -268,20 +268,9 @@ class Trainer:
         cfg = self.config.train
         loader = engine.make_loader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                     shuffle=False, seed=cfg.seed, epoch=self.epoch, info=self.info, device=self.device)
-        size = tuple(getattr(self.module, "img_size", self.full_size))
-        model = self.module if size == self.full_size else ResizeInput(self.module, size)
-        return val_metrics(model, loader, self.val_loss_fn, self.device, self.amp, self.info)
-
-
-class ResizeInput(nn.Module):
-    """Validation during a progressive stage: full-size batches shrunk to the stage size."""
-
-    def __init__(self, module: nn.Module, size: tuple[int, ...]):
-        super().__init__()
-        self.module, self.size = module, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(recipes.resize_batch(x, self.size))
+        # Always at the full size: the model is judged (and the best one kept) as it will be registered,
+        # also during a progressive stage (a copy with position embeddings resampled to the full grid).
+        return val_metrics(self.full_size_module(), loader, self.val_loss_fn, self.device, self.amp, self.info)
 
 
 def _improved(trainer: Trainer, auroc: float) -> bool:
