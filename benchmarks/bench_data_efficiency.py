@@ -14,12 +14,13 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - progressive: the ViT from scratch at half size for the first half of the epochs, then full size;
 - mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row).
 
-MAE rows fine-tune with layer-wise lr decay ``--layer-decay``. Rows of an earlier invocation with the same
+MAE rows fine-tune with layer-wise lr decay when ``--layer-decay`` is given. Rows of an earlier invocation with the same
 settings are kept in ``results.json``, so ``--rows mae`` reruns one row and the table still shows all.
 
 Test AUROC is per study with a 95% bootstrap CI. For progressive vs scratch, "time to AUROC" is the
 cumulative training time (images / images-per-second of each epoch, validation excluded) until the
-validation AUROC first reaches the lower of the two runs' best values. Results: printed table and
+validation AUROC (always of the full-size model) first reaches the fixed-size run's best value; a progressive
+run that never reaches it has no speedup (NaN), rather than a flattering one to a lower bar. Results: printed table and
 ``OUT/results.json``.
 """
 
@@ -133,7 +134,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
-    parser.add_argument("--layer-decay", type=float, default=0.75, help="for the rows starting from the MAE encoder")
+    parser.add_argument("--layer-decay", type=float, default=None, help="for the rows starting from the MAE encoder")
+    parser.add_argument("--progressive-epochs", type=int, default=None,
+                        help="epochs at half size in the progressive row (default: half of --epochs)")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", type=Path, default=ROOT / ".bench_cache" / "data_efficiency")
     args = parser.parse_args()
@@ -164,7 +167,8 @@ def main() -> None:
         "scratch": [],
         "mae": [],  # + train.init, below
         "distill": ["train.distill.kind=hard"],  # + teacher, below
-        "progressive": [f"train.progressive=[{{epochs: {args.epochs // 2}, img_size: {json.dumps(half_size)}}}]"],
+        "progressive": [f"train.progressive=[{{epochs: {args.progressive_epochs or args.epochs // 2}, "
+                        f"img_size: {json.dumps(half_size)}}}]"],
         "mae_distill": ["train.distill.kind=hard"],
     }
     settings = {k: str(v) for k, v in vars(args).items() if k != "rows"}
@@ -186,8 +190,9 @@ def main() -> None:
         if name in ("mae", "mae_distill"):
             if not (out / "mae" / "pretrain" / "encoder.safetensors").is_file():
                 raise SystemExit("the mae_distill row needs the mae row's encoder first")
-            extra += [f"train.init={out / 'mae' / 'pretrain' / 'encoder.safetensors'}",
-                      f"train.layer_decay={args.layer_decay}"]
+            extra.append(f"train.init={out / 'mae' / 'pretrain' / 'encoder.safetensors'}")
+            if args.layer_decay:
+                extra.append(f"train.layer_decay={args.layer_decay}")
         if name in ("distill", "mae_distill"):
             if "cnn" not in results:
                 raise SystemExit("the distill row needs the cnn row first (its model is the teacher)")
@@ -224,7 +229,7 @@ def summarize(results: dict[str, dict], n_train: int) -> dict[str, float]:
             report["best_vit_minus_cnn"] = vits[best] - results["cnn"]["test_auroc"]
     if "scratch" in results and "progressive" in results:
         fixed, prog = results["scratch"], results["progressive"]
-        target = min(fixed["best_val_auroc"], prog["best_val_auroc"])
+        target = fixed["best_val_auroc"]
         t_fixed = time_to(fixed["history"], train_seconds(fixed["history"], n_train), target)
         t_prog = time_to(prog["history"], train_seconds(prog["history"], n_train), target)
         report.update(progressive_target_val_auroc=target, time_to_target_fixed_s=t_fixed,
@@ -255,8 +260,8 @@ def print_table(results: dict[str, dict], report: dict, args: argparse.Namespace
             line += f"; vs CNN {report['best_vit_minus_cnn']:+.3f}, target >= -0.02"
         targets.append(line + ")")
     if "progressive_speedup" in report:
-        targets.append(f"progressive reaches val AUROC {report['progressive_target_val_auroc']:.3f} "
-                       f"{report['progressive_speedup']:.2f}x faster than fixed size (target >= 1.3x)")
+        targets.append(f"progressive vs fixed size to val AUROC {report['progressive_target_val_auroc']:.3f}: "
+                       f"{report['progressive_speedup']:.2f}x less time (NaN: never reached; target >= 1.3x)")
     print("\n".join(targets))
 
 
