@@ -136,7 +136,8 @@ def main() -> None:
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
     parser.add_argument("--layer-decay", type=float, default=None, help="for the rows starting from the MAE encoder")
     parser.add_argument("--progressive-epochs", type=int, default=None,
-                        help="epochs at half size in the progressive row (default: half of --epochs)")
+                        help="epochs at the small size in the progressive row (default: half of --epochs)")
+    parser.add_argument("--progressive-scale", type=float, default=0.5, help="small size / full size")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", type=Path, default=ROOT / ".bench_cache" / "data_efficiency")
     args = parser.parse_args()
@@ -160,7 +161,7 @@ def main() -> None:
     ingest = run_ingest(row_config(base, args, ingest_dir, pool, []), track=False)
     n_train = int(((ingest.manifest["split"] == "train") & ingest.manifest["label"].notna()).sum())
     full = input_size(probe)
-    half = [max(8, s // 2) for s in full]
+    half = [max(8, int(round(s * args.progressive_scale / 8)) * 8) for s in full]  # whole patches
     half_size = half[0] if args.kind == "xray" else half
     variants = {
         "cnn": [f"model.arch={args.cnn}"],
