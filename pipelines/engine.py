@@ -52,6 +52,17 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(device_choice: str) -> Iterator[Dist]:
+    """The torchrun process group (if any) for a stage on ``device_choice`` (auto|cpu|cuda), left on exit."""
+    kind = "cuda" if device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available()) else "cpu"
+    info = init_distributed(kind)
+    try:
+        yield info
+    finally:
+        shutdown_distributed()
+
+
 def resolve_device(choice: str, info: Dist) -> torch.device:
     """``auto`` picks CUDA when available; with several processes each takes its LOCAL_RANK GPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):

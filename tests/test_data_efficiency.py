@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from conftest import cohort_config
 from pipeline_helpers import tiny_config
+from test_train import fresh_out as fresh
 
 from pipelines import recipes
 from pipelines.checkpoint import load_state
@@ -54,14 +55,6 @@ def write_config(config, path: Path) -> Path:
 def ingested(xray_cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("de") / "base"
     run_ingest(config_for(xray_cohort, out))
-    return out
-
-
-def fresh(ingested: Path, tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    out.mkdir()
-    for f in ("manifest.parquet", ".pseudonym_key"):
-        shutil.copyfile(ingested / f, out / f)
     return out
 
 

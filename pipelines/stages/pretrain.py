@@ -173,13 +173,8 @@ class Pretrainer:
 def run_pretrain(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
                  track: bool = True) -> PretrainResult:
     """Entry point of the pretrain stage."""
-    device_kind = "cuda" if config.train.device == "cuda" or (config.train.device == "auto"
-                                                              and torch.cuda.is_available()) else "cpu"
-    info = engine.init_distributed(device_kind)
-    try:
+    with engine.process_group(config.train.device) as info:
         return _pretrain(config, info, resume, progress, track)
-    finally:
-        engine.shutdown_distributed()
 
 
 def _pretrain(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> PretrainResult:

@@ -282,13 +282,8 @@ def _improved(trainer: Trainer, auroc: float) -> bool:
 def run_train(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
               track: bool = True) -> TrainResult:
     """Entry point of the train stage."""
-    device_kind = "cuda" if config.train.device == "cuda" or (config.train.device == "auto"
-                                                              and torch.cuda.is_available()) else "cpu"
-    info = engine.init_distributed(device_kind)
-    try:
+    with engine.process_group(config.train.device) as info:
         return _train(config, info, resume, progress, track)
-    finally:
-        engine.shutdown_distributed()
 
 
 def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> TrainResult:
