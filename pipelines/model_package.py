@@ -80,24 +80,32 @@ def _registry_version(uri: str) -> str | None:
     raise ConfigError(f"model URI '{uri}' is not models:/NAME@ALIAS or models:/NAME/VERSION: fix --model")
 
 
-def _download(uri: str, dest: Path, tracking: str) -> tuple[Path, str | None]:
+def download(uri: str, dest: Path, tracking: str, what: str = "model URI") -> Path:
+    """Download an MLflow artifact URI (models:/, runs:/, ...) into ``dest``; any failure is one ConfigError line."""
     import mlflow
 
     from .tracking import _quiet_mlflow
 
     _quiet_mlflow()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking)
     try:
-        version = _registry_version(uri) if uri.startswith("models:/") else None
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    except ConfigError:
-        raise
-    except Exception as exc:  # MLflow raises several types for unknown models, runs and stores
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking))
+    except Exception as exc:  # MLflow raises several types for unknown models, runs, artifacts and stores
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model URI '{uri}' cannot be resolved in the tracking store ({reason[:200]}): check "
-                          "the name, alias or run id, and MLFLOW_TRACKING_URI") from None
-    return local, version
+        raise ConfigError(f"{what} '{uri}' cannot be resolved in the tracking store ({reason[:200]}): check the "
+                          "name, alias, run id or path, and MLFLOW_TRACKING_URI") from None
+
+
+def _download(uri: str, dest: Path, tracking: str) -> tuple[Path, str | None]:
+    """The package folder of an MLflow URI and, for a registry URI, the version it names."""
+    import mlflow
+
+    registry = uri.startswith("models:/")
+    if registry and "@" not in uri and not uri.rstrip("/").rsplit("/", 1)[-1].isdigit():
+        raise ConfigError(f"model URI '{uri}' is not models:/NAME@ALIAS or models:/NAME/VERSION: fix --model")
+    local = download(uri, dest, tracking)  # an unknown name, alias or run fails here, in one line
+    mlflow.set_tracking_uri(tracking)
+    return local, _registry_version(uri) if registry else None
 
 
 def load_packaged_model(uri: str, *, device: torch.device | str = "cpu", tracking: str | None = None) -> LoadedModel:

@@ -34,16 +34,10 @@ def fetch(uri: str, dest: Path) -> Path:
         if not path.is_file():
             raise ConfigError(f"train.init '{uri}' is not a file: pass the `encoder:` line of `medvit pretrain`")
         return path
-    import mlflow
-
+    from .model_package import download
     from .tracking import tracking_uri
 
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
-                                                        tracking_uri=tracking_uri()))
-    except Exception as exc:  # unknown run, artifact or store
-        raise ConfigError(f"train.init '{uri}' cannot be downloaded ({str(exc).splitlines()[0][:160]}): check the "
-                          "URI and MLFLOW_TRACKING_URI") from None
+    return download(uri, dest, tracking_uri(), what="train.init")
 
 
 def _read_encoder(path: Path, target: medvit.VisionTransformer) -> dict[str, torch.Tensor]:

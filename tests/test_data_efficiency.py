@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from conftest import cohort_config
 from pipeline_helpers import tiny_config
+from test_train import _train_cli
 from test_train import fresh_out as fresh
 
 from pipelines import recipes
@@ -229,12 +227,6 @@ def test_progressive_schedule_sizes_and_batch(xray_cohort, tmp_path):
     model = build_model(model_kwargs(config))
     with pytest.raises(ConfigError, match="multiple of the patch size"):
         recipes.check_patch_fit(model, [(20, 20)])
-
-
-def _train_cli(config_path: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", "--config", str(config_path), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_progressive_resume_across_the_size_change_matches_a_straight_run(xray_cohort, ingested, tmp_path):
