@@ -136,6 +136,9 @@ class TrainConfig(Section):
         None, description="train small first: stages of epochs at a smaller img_size; the rest at full size")
     progressive_batch: Literal["fixed", "auto"] = Field(
         "fixed", description="auto: scale the batch size with the pixel count so memory stays flat")
+    save_every: int | None = Field(
+        None, ge=1, description="also keep the (full-size) model every N epochs as train/epochs/epoch_NNN.safetensors, "
+                                "loadable like best.safetensors: learning curves, later evaluation of any epoch")
 
 
 class DistillConfig(Section):

@@ -282,3 +282,25 @@ def test_validation_during_a_small_stage_judges_the_full_size_model(xray_cohort,
     metrics = trainer.validate()  # full-size batches through a full-size copy: no size error
     assert 0.0 <= metrics["val_auroc"] <= 1.0
     assert tuple(trainer.module.img_size) == (16, 16)  # the training model stays at the stage size
+
+
+def test_save_every_keeps_the_full_size_model_of_each_epoch(xray_cohort, ingested, tmp_path):
+    out = fresh(ingested, tmp_path, "every")
+    config = config_for(xray_cohort, out, train={"epochs": 3, "save_every": 1,
+                                                 "progressive": [{"epochs": 1, "img_size": 16}]})
+    result = run_train(config, track=False)
+    saved = sorted(p.name for p in (out / "train" / "epochs").iterdir())
+    assert saved == ["epoch_001.safetensors", "epoch_002.safetensors", "epoch_003.safetensors"]
+    first, kwargs, extra = load_model(out / "train" / "epochs" / "epoch_001.safetensors")
+    assert kwargs["img_size"] == [32, 32] and first.pos_embed.shape == (1, 17, 32)  # kept at full size
+    assert extra["epoch"] == 1 and extra["val_auroc"] == result.history[0]["val_auroc"]
+    best, _, _ = load_model(Path(result.best_path))
+    same_epoch, _, _ = load_model(out / "train" / "epochs" / f"epoch_{result.best_epoch:03d}.safetensors")
+    for key, tensor in best.state_dict().items():
+        assert torch.equal(tensor, same_epoch.state_dict()[key]), key
+    last = load_state(out / "train" / "last.safetensors")["model"]
+    final, _, _ = load_model(out / "train" / "epochs" / "epoch_003.safetensors")
+    assert all(torch.equal(tensor, last[key]) for key, tensor in final.state_dict().items())
+    with_gaps = config_for(xray_cohort, fresh(ingested, tmp_path, "gaps"), train={"epochs": 3, "save_every": 2})
+    run_train(with_gaps, track=False)
+    assert [p.name for p in (with_gaps.output.dir / "train" / "epochs").iterdir()] == ["epoch_002.safetensors"]

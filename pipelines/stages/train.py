@@ -279,6 +279,11 @@ def _improved(trainer: Trainer, auroc: float) -> bool:
     return auroc > trainer.best_auroc
 
 
+def epoch_path(out: Path, epoch: int) -> Path:
+    """Where ``train.save_every`` keeps the model of ``epoch`` (1-based)."""
+    return out / "epochs" / f"epoch_{epoch:03d}.safetensors"
+
+
 def run_train(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
               track: bool = True) -> TrainResult:
     """Entry point of the train stage."""
@@ -315,6 +320,9 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
                                {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
             else:
                 trainer.bad_epochs += 1
+            if info.is_main and config.train.save_every and trainer.epoch % config.train.save_every == 0:
+                save_model(epoch_path(out, trainer.epoch), trainer.full_size_module(), trainer.kwargs,
+                           {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
             if info.is_main:
                 run.log_metrics(metrics, step=trainer.epoch)
                 save_state(last_path, trainer.state())
