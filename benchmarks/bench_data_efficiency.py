@@ -155,6 +155,8 @@ def main() -> None:
                         "labelled subset and the split stay the same")
     parser.add_argument("--curves", default="scratch,progressive", help="rows whose every epoch is also scored on "
                         "the test cohort (learning curves for the progressive speedup); empty: none")
+    parser.add_argument("--encoder", type=Path, default=None, help="start the mae rows from this encoder instead "
+                        "of pretraining (e.g. an earlier OUT/<kind>/mae_pretrain/pretrain/encoder.safetensors)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench_cache" / "data_efficiency")
     args = parser.parse_args()
     base = args.config or ROOT / "configs" / f"demo_{args.kind}.yaml"
@@ -195,8 +197,10 @@ def main() -> None:
     same = previous.get("args") == settings and previous.get("format") == RESULTS_FORMAT
     results: dict[str, dict[str, dict]] = {k: dict(v) for k, v in previous.get("rows", {}).items()} if same else {}
     pretrain: dict = previous.get("pretrain", {}) if same else {}
-    encoder = out / "mae_pretrain" / "pretrain" / "encoder.safetensors"
-    if "mae" in rows or ("mae_distill" in rows and not (encoder.is_file() and pretrain)):
+    encoder = args.encoder or out / "mae_pretrain" / "pretrain" / "encoder.safetensors"
+    if args.encoder:
+        pretrain = {"encoder": "given (--encoder)"}
+    elif "mae" in rows or ("mae_distill" in rows and not (encoder.is_file() and pretrain)):
         pretrain = pretrain_encoder(row_config(base, args, out / "mae_pretrain", pool, [f"train.seed={seeds[0]}"]),
                                     ingest_dir)
     for seed in seeds:
@@ -351,7 +355,7 @@ def print_table(payload: dict, args: argparse.Namespace) -> None:
         seeds = "; ".join(f"s{s} {r['test_auroc']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})"
                           for s, r in rows[name].items())
         extra = f" + pretrain {payload['pretrain']['pretrain_s']:.0f}" if name.startswith("mae") and payload[
-            "pretrain"] else ""
+            "pretrain"].get("pretrain_s") else ""
         print(f"| {name} | {stats['test_auroc_mean']:.3f} ± {stats['test_auroc_sd']:.3f} "
               f"[{stats['test_auroc_min']:.3f}, {stats['test_auroc_max']:.3f}] | {seeds} | "
               f"{stats['best_val_auroc_mean']:.3f} | {stats['train_s_mean']:.0f}{extra} |")

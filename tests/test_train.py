@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 
 from pipelines.checkpoint import load_state
 from pipelines.config import dump_config
+from pipelines.engine import Dist
 from pipelines.modeling import load_model
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.train import run_train
+from pipelines.stages.train import Trainer, improved, run_train
 
 TINY_MODEL = {"preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
 
@@ -60,6 +61,23 @@ def test_train_writes_best_and_last_checkpoints_and_history(xray_cohort, ingeste
     assert state["epoch"] == 3 and state["step"] > 0 and "exp_avg" in state["optimizer"]["state"][0]
     summary = json.loads((out / "train" / "summary.json").read_text())
     assert summary["best_epoch"] == result.best_epoch and summary["run_id"] == result.run_id
+
+
+def test_best_epoch_has_the_highest_val_auroc_then_the_lowest_val_loss(xray_cohort, ingested, tmp_path):
+    out = fresh_out(ingested, tmp_path, "best")
+    config = tiny_config(xray_cohort, out, epochs=4)
+    result = run_train(config, track=False)
+    top = max(h["val_auroc"] for h in result.history)
+    tied = [h for h in result.history if h["val_auroc"] == top]
+    assert result.best_epoch == min(tied, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"]
+    trainer = Trainer(config, Dist(), torch.device("cpu"))
+    trainer.history = [{"epoch": 1, "val_auroc": 1.0, "val_loss": 0.5}, {"epoch": 2, "val_auroc": 0.9, "val_loss": 0.2}]
+    trainer.best_auroc, trainer.best_epoch = 1.0, 1
+    assert improved(trainer, {"val_auroc": 1.0, "val_loss": 0.4})  # same AUROC, lower loss
+    assert not improved(trainer, {"val_auroc": 1.0, "val_loss": 0.5})  # a full tie keeps the earlier epoch
+    assert not improved(trainer, {"val_auroc": 0.95, "val_loss": 0.01})  # AUROC comes first
+    trainer.best_auroc = 0.9
+    assert improved(trainer, {"val_auroc": 0.95, "val_loss": 9.0})
 
 
 def test_optimizer_groups_skip_decay_for_norms_biases_embeddings():

@@ -273,10 +273,16 @@ class Trainer:
         return val_metrics(self.full_size_module(), loader, self.val_loss_fn, self.device, self.amp, self.info)
 
 
-def _improved(trainer: Trainer, auroc: float) -> bool:
+def improved(trainer: Trainer, metrics: dict[str, float]) -> bool:
+    """Whether this epoch's validation beats the best so far: a higher AUROC, or the same AUROC with a lower
+    validation loss (a small validation split often ties, e.g. at 1.0, and the first tie is rarely the best)."""
+    auroc = metrics["val_auroc"]
     if math.isnan(auroc):  # no validation data: the latest epoch is the best we know
         return True
-    return auroc > trainer.best_auroc
+    if auroc != trainer.best_auroc:
+        return auroc > trainer.best_auroc
+    best = next((h for h in trainer.history if h["epoch"] == trainer.best_epoch), {})
+    return metrics["val_loss"] < best.get("val_loss", math.inf)
 
 
 def epoch_path(out: Path, epoch: int) -> Path:
@@ -312,7 +318,7 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
             metrics = {**trainer.train_epoch(progress), **trainer.validate()}
             trainer.epoch += 1
             trainer.history.append({"epoch": trainer.epoch, **metrics})
-            if _improved(trainer, metrics["val_auroc"]):
+            if improved(trainer, metrics):
                 trainer.best_auroc = metrics["val_auroc"] if not math.isnan(metrics["val_auroc"]) else trainer.best_auroc
                 trainer.best_epoch, trainer.bad_epochs = trainer.epoch, 0
                 if info.is_main:
