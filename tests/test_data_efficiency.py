@@ -120,6 +120,21 @@ def test_init_loads_every_encoder_weight_only_heads_differ(pretrained, xray_coho
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_init_into_an_average_pooling_model_takes_every_block_and_a_fresh_fc_norm(pretrained, xray_cohort,
+                                                                                ingested):
+    config = config_for(xray_cohort, ingested, model={"global_pool": "avg"})
+    model = build_model(model_kwargs(config))
+    fresh_fc_norm = model.fc_norm.weight.clone()
+    report = recipes.load_init(model, str(ingested / "pretrain" / "encoder.safetensors"))
+    assert set(report["missing"]) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    assert report["unexpected"] == []
+    encoder, _, _ = load_model(ingested / "pretrain" / "encoder.safetensors")
+    for key, value in encoder.state_dict().items():
+        if not key.startswith(("norm.", "head.")):
+            assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(model.fc_norm.weight, fresh_fc_norm)
+
+
 def test_init_resamples_position_embeddings_for_another_size(pretrained, xray_cohort, ingested, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pretrained[1])
     config = config_for(xray_cohort, ingested, preprocess={"xray": {"img_size": 48}})
