@@ -26,7 +26,8 @@ class VisionTransformer(nn.Module):
     ``attn_impl`` is ``"sdpa"`` (fused, default) or ``"explicit"``; both compute the same function.
     ``distilled=True`` adds the DeiT (Touvron et al. 2021) distillation token after the class token and a
     second head ``head_dist``: ``forward_distill`` returns both heads' logits (the class head is trained on
-    the labels, the distillation head on a teacher), ``forward`` their mean, as DeiT does at inference.
+    the labels, the distillation head on a teacher), ``forward`` their mean, as DeiT does at inference. With
+    ``global_pool="avg"`` the class head reads the mean of the patch tokens and the distillation head its token.
     The constructor arguments are kept in ``self.config`` so a model can be rebuilt from its config.
     """
 
@@ -64,8 +65,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
-        if distilled and not (class_token and global_pool == "token"):
-            raise ValueError("distilled=True needs class_token=True and global_pool='token'")
+        if distilled and not class_token:
+            raise ValueError("distilled=True needs class_token=True")
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.spatial_dims = spatial_dims
@@ -214,26 +215,30 @@ class VisionTransformer(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens -> logits (or the pooled features when ``pre_logits``).
 
-        A distilled model returns the mean of its two heads (the mean of both tokens' features for
-        ``pre_logits``).
+        A distilled model returns the mean of its two heads (the mean of both features for ``pre_logits``).
         """
         if self.distilled:
             if pre_logits:
-                return self.head_drop((x[:, 0] + x[:, 1]) / 2)
+                return sum(self._distill_features(x)) / 2
             cls_logits, dist_logits = self.forward_head_distill(x)
             return (cls_logits + dist_logits) / 2
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(self.fc_norm(x))
+        x = self._pooled(x)
         return x if pre_logits else self.head(x)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The class head's features: the class token, or the mean of the patch tokens (then ``fc_norm``)."""
+        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        return self.head_drop(self.fc_norm(x))
+
+    def _distill_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class-head features, distillation-token features); with ``avg`` pooling both pass ``fc_norm``."""
+        return self._pooled(x), self.head_drop(self.fc_norm(x[:, 1]))
 
     def forward_head_distill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens of a distilled model -> (class-head logits, distillation-head logits)."""
         if not self.distilled:
             raise RuntimeError("forward_distill needs a model built with distilled=True")
-        cls_feat, dist_feat = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        cls_feat, dist_feat = self._distill_features(x)
         return self.head(cls_feat), self.head_dist(dist_feat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,13 +35,27 @@ def test_distilled_shapes_and_forward_is_the_mean_of_both_heads(spatial_dims, im
     torch.testing.assert_close(model.forward_head(feats, pre_logits=True), (feats[:, 0] + feats[:, 1]) / 2)
 
 
-def test_distilled_model_needs_a_class_token_and_token_pooling():
-    with pytest.raises(ValueError, match="distilled"):
-        tiny_vit(distilled=True, global_pool="avg")
-    with pytest.raises(ValueError, match="distilled|class_token"):
+def test_distilled_model_needs_a_class_token():
+    with pytest.raises(ValueError, match="distilled=True needs class_token"):
         tiny_vit(distilled=True, class_token=False, global_pool="avg")
     with pytest.raises(RuntimeError, match="distilled=True"):
         tiny_vit().forward_distill(torch.randn(1, 1, 32, 32))
+
+
+def test_distilled_with_average_pooling_class_head_reads_the_patch_mean_and_dist_head_its_token():
+    model = tiny_vit(distilled=True, global_pool="avg").eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        cls_logits, dist_logits = model.forward_distill(x)
+        out = model(x)
+    pooled = model.fc_norm(feats[:, 2:].mean(dim=1))
+    dist = model.fc_norm(feats[:, 1])
+    torch.testing.assert_close(cls_logits, model.head(pooled))
+    torch.testing.assert_close(dist_logits, model.head_dist(dist))
+    torch.testing.assert_close(out, (cls_logits + dist_logits) / 2)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), (pooled + dist) / 2)
+    assert isinstance(model.norm, torch.nn.Identity)  # avg pooling: the norm comes after pooling
 
 
 def test_plain_state_dict_keys_are_unchanged_and_distilled_adds_three():
