@@ -15,8 +15,8 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row).
 
 MAE rows fine-tune with layer-wise lr decay when ``--layer-decay`` is given, and through the class token unless
-``--set model.global_pool=avg`` (MAE's own fine-tuning recipe, and the one that pays here; the distilled rows
-need the class token, so run them separately). MAE pretraining runs once per
+``--set model.global_pool=avg`` (MAE's own fine-tuning recipe, and the one that pays here; distilled rows then
+pool the patch tokens for the class head and keep the distillation token for the teacher's head). MAE pretraining runs once per
 invocation that has the mae row; every seed's mae and mae_distill rows start from that encoder.
 
 ``--seeds 0,1,2`` repeats every row with these training seeds (``train.seed``: initialisation, shuffling,
