@@ -10,7 +10,7 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - cnn: the MONAI CNN baseline (``--cnn``, default resnet18) from scratch;
 - scratch: the ViT (the demo config's model) from scratch;
 - mae: the ViT after ``--pretrain-epochs`` of MAE pretraining on every pool study (``medvit pretrain``);
-- distill: the ViT with a distillation token, taught by the cnn row's model (DeiT, hard labels);
+- distill: the ViT with a distillation token, taught by the cnn row's model (DeiT; ``--distill-kind``, hard);
 - progressive: the ViT from scratch at half size for the first half of the epochs, then full size;
 - mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row).
 
@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
+    parser.add_argument("--distill-kind", choices=["hard", "soft"], default="hard", help="for the distilled rows")
     parser.add_argument("--layer-decay", type=float, default=None, help="for the rows starting from the MAE encoder")
     parser.add_argument("--progressive-epochs", type=int, default=None,
                         help="epochs at the small size in the progressive row (default: half of --epochs)")
@@ -189,10 +190,10 @@ def main() -> None:
         "cnn": [f"model.arch={args.cnn}"],
         "scratch": [],
         "mae": [],  # + train.init, below
-        "distill": ["train.distill.kind=hard"],  # + teacher, below
+        "distill": [f"train.distill.kind={args.distill_kind}"],  # + teacher, below
         "progressive": [f"train.progressive=[{{epochs: {args.progressive_epochs or args.epochs // 2}, "
                         f"img_size: {json.dumps(half_size)}}}]"],
-        "mae_distill": ["train.distill.kind=hard"],
+        "mae_distill": [f"train.distill.kind={args.distill_kind}"],
     }
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("rows", "seeds", "curves")}
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
