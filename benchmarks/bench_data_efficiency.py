@@ -307,9 +307,9 @@ def progressive_speedup(fixed: dict[str, dict], prog: dict[str, dict], n_train: 
     per-epoch validation) and, where recorded, the test curve (every epoch's model on the test cohort)."""
     report = {}
     for which in ("val", "test"):
-        seeds = sorted(s for s in set(fixed) & set(prog) if curve(fixed[s], which) and curve(prog[s], which))
+        seeds = sorted((s for s in set(fixed) & set(prog) if curve(fixed[s], which) and curve(prog[s], which)), key=int)
         if seeds:
-            report[which] = speedup_on(fixed, prog, sorted(seeds, key=int), which, n_train)
+            report[which] = speedup_on(fixed, prog, seeds, which, n_train)
     return report
 
 

@@ -318,17 +318,19 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
             metrics = {**trainer.train_epoch(progress), **trainer.validate()}
             trainer.epoch += 1
             trainer.history.append({"epoch": trainer.epoch, **metrics})
+            saves = []
             if improved(trainer, metrics):
                 trainer.best_auroc = metrics["val_auroc"] if not math.isnan(metrics["val_auroc"]) else trainer.best_auroc
                 trainer.best_epoch, trainer.bad_epochs = trainer.epoch, 0
-                if info.is_main:
-                    save_model(best_path, trainer.full_size_module(), trainer.kwargs,
-                               {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
+                saves.append(best_path)
             else:
                 trainer.bad_epochs += 1
-            if info.is_main and config.train.save_every and trainer.epoch % config.train.save_every == 0:
-                save_model(epoch_path(out, trainer.epoch), trainer.full_size_module(), trainer.kwargs,
-                           {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
+            if config.train.save_every and trainer.epoch % config.train.save_every == 0:
+                saves.append(epoch_path(out, trainer.epoch))
+            if info.is_main and saves:
+                full = trainer.full_size_module()  # one full-size copy per epoch, also during a progressive stage
+                for path in saves:
+                    save_model(path, full, trainer.kwargs, {"epoch": trainer.epoch, "val_auroc": metrics["val_auroc"]})
             if info.is_main:
                 run.log_metrics(metrics, step=trainer.epoch)
                 save_state(last_path, trainer.state())
