@@ -12,7 +12,10 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - mae: the ViT after ``--pretrain-epochs`` of MAE pretraining on every pool study (``medvit pretrain``);
 - distill: the ViT with a distillation token, taught by the cnn row's model (DeiT; ``--distill-kind``, hard);
 - progressive: the ViT from scratch at half size for the first half of the epochs, then full size;
-- mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row).
+- mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row);
+- distill_pool, mae_distill_pool: distill and mae_distill with ``train.distill.unlabelled``: the teacher also
+  labels the pool's unlabelled studies for the distillation head, so an epoch sees every pool study (about 10x
+  the images of the other rows: compare their train time too).
 
 MAE rows fine-tune with layer-wise lr decay when ``--layer-decay`` is given, and through the class token unless
 ``--set model.global_pool=avg`` (MAE's own fine-tuning recipe, and the one that pays here; distilled rows then
@@ -62,7 +65,9 @@ from pipelines.stages.train import epoch_path, run_train, train_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FORMAT = 2  # rows[name][seed] = record
-ROWS = ("cnn", "scratch", "mae", "distill", "progressive", "mae_distill")
+ROWS = ("cnn", "scratch", "mae", "distill", "progressive", "mae_distill", "distill_pool", "mae_distill_pool")
+DISTILLED = ("distill", "mae_distill", "distill_pool", "mae_distill_pool")  # need the cnn row's teacher
+FROM_MAE = ("mae", "mae_distill", "mae_distill_pool")
 
 
 def cohort(folder: Path, kind: str, studies: int, seed: int, size: int, difficulty: float) -> Path:
@@ -194,6 +199,9 @@ def main() -> None:
         "progressive": [f"train.progressive=[{{epochs: {args.progressive_epochs or args.epochs // 2}, "
                         f"img_size: {json.dumps(half_size)}}}]"],
         "mae_distill": [f"train.distill.kind={args.distill_kind}"],
+        # *_pool: the teacher also labels the pool's unlabelled studies for the distillation head
+        "distill_pool": [f"train.distill.kind={args.distill_kind}", "train.distill.unlabelled=true"],
+        "mae_distill_pool": [f"train.distill.kind={args.distill_kind}", "train.distill.unlabelled=true"],
     }
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("rows", "seeds", "curves")}
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
@@ -203,7 +211,7 @@ def main() -> None:
     encoder = args.encoder or out / "mae_pretrain" / "pretrain" / "encoder.safetensors"
     if args.encoder:
         pretrain = {"encoder": "given (--encoder)"}
-    elif "mae" in rows or ("mae_distill" in rows and not (encoder.is_file() and pretrain)):
+    elif "mae" in rows or (set(rows) & set(FROM_MAE) and not (encoder.is_file() and pretrain)):
         pretrain = pretrain_encoder(row_config(base, args, out / "mae_pretrain", pool, [f"train.seed={seeds[0]}"]),
                                     ingest_dir)
     for seed in seeds:
@@ -213,12 +221,12 @@ def main() -> None:
             extra = [*variants[name], f"train.seed={seed}"]
             if name in curve_rows:
                 extra.append("train.save_every=1")
-            if name in ("mae", "mae_distill"):
+            if name in FROM_MAE:
                 extra.append(f"train.init={encoder}")
                 if args.layer_decay:
                     extra.append(f"train.layer_decay={args.layer_decay}")
             teacher = out / f"cnn_package_s{seed}"
-            if name in ("distill", "mae_distill"):
+            if name in DISTILLED:
                 if str(seed) not in results.get("cnn", {}) or not teacher.is_dir():
                     raise SystemExit(f"the {name} row needs the cnn row of seed {seed} first (its model is the "
                                      "teacher): add cnn to --rows")

@@ -148,6 +148,9 @@ class DistillConfig(Section):
     kind: Literal["hard", "soft"] = "hard"
     temperature: float = Field(1.0, gt=0, description="soft distillation: temperature of both sigmoids")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss (1 - alpha: labels)")
+    unlabelled: bool = Field(
+        False, description="also train on the manifest's unlabelled series: the teacher labels them for the "
+                           "distillation head; the class head learns from labelled series only")
 
 
 class ProgressiveStage(Section):

@@ -155,14 +155,24 @@ class Teacher:
 
     def loss(self, cls_logits: torch.Tensor, dist_logits: torch.Tensor, labels: torch.Tensor,
              teacher_logits: torch.Tensor, label_loss: nn.Module) -> torch.Tensor:
-        """(1 - alpha) * label loss of the class head + alpha * teacher loss of the distillation head."""
+        """(1 - alpha) * label loss of the class head + alpha * teacher loss of the distillation head.
+
+        Unlabelled items (label -1, from ``train.distill.unlabelled``) count for the teacher loss only.
+        """
         if self.kind == "hard":
             target = (teacher_logits > 0).float()
             dist = F.binary_cross_entropy_with_logits(dist_logits, target)
         else:  # soft: match the teacher's tempered probability (binary KL up to a constant)
             t = self.temperature
             dist = F.binary_cross_entropy_with_logits(dist_logits / t, torch.sigmoid(teacher_logits / t)) * t * t
-        return (1 - self.alpha) * label_loss(cls_logits, labels) + self.alpha * dist
+        labelled = labels >= 0
+        if bool(labelled.all()):
+            supervised = label_loss(cls_logits, labels)
+        elif bool(labelled.any()):
+            supervised = label_loss(cls_logits[labelled], labels[labelled])
+        else:  # a batch of unlabelled series only: the class head gets no signal (zero keeps the graph)
+            supervised = cls_logits.sum() * 0.0
+        return (1 - self.alpha) * supervised + self.alpha * dist
 
 
 def load_teacher(config: PipelineConfig, device: torch.device) -> Teacher:

@@ -229,6 +229,64 @@ def test_distilled_model_registers_and_scores_without_the_teacher(teacher, xray_
     assert len(pd.read_csv(tmp_path / "scores" / "scores.csv")) == 24
 
 
+@pytest.fixture(scope="module")
+def partly_labelled(xray_cohort, tmp_path_factory) -> Path:
+    """An ingest of the cohort where every third study has no label (so the manifest has unlabelled series)."""
+    out = tmp_path_factory.mktemp("partly") / "base"
+    out.mkdir()
+    labels = pd.read_csv(xray_cohort / "labels.csv")
+    labels.drop(index=labels.index[::3]).to_csv(out / "labels.csv", index=False)
+    run_ingest(config_for(xray_cohort, out, data={"labels": str(out / "labels.csv")}))
+    return out
+
+
+def test_distillation_on_unlabelled_series_teaches_the_dist_head_only(teacher, xray_cohort, partly_labelled,
+                                                                      tmp_path):
+    out = fresh(partly_labelled, tmp_path, "pool")
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    n_unlabelled = int((manifest["split"] == "unlabelled").sum())
+    n_train = int(((manifest["split"] == "train") & manifest["label"].notna()).sum())
+    assert n_unlabelled == 8 and n_train > 0
+    distill = {"teacher": str(teacher), "unlabelled": True}
+    config = config_for(xray_cohort, out, data={"labels": str(partly_labelled / "labels.csv")},
+                        train={"distill": distill})
+    trainer = Trainer(config, Dist(), torch.device("cpu"))
+    assert trainer.n_unlabelled == n_unlabelled and len(trainer.train_set) == n_train + n_unlabelled
+    train_series = {item["series_uid"] for item in trainer.train_set.items}
+    held_out = set(manifest.loc[manifest["split"].isin(["val", "test"]), "series_uid"])
+    assert not train_series & held_out  # validation and test series never train, labelled or not
+    head_dist = trainer.module.head_dist.weight.detach().clone()
+    trainer.train_epoch(progress=False)
+    assert not torch.equal(trainer.module.head_dist.weight, head_dist)
+    without = config_for(xray_cohort, out, data={"labels": str(partly_labelled / "labels.csv")},
+                         train={"distill": {"teacher": str(teacher)}})
+    assert len(Trainer(without, Dist(), torch.device("cpu")).train_set) == n_train
+
+
+def test_unlabelled_items_count_for_the_teacher_loss_only():
+    teacher = recipes.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 0.25)
+    bce = torch.nn.BCEWithLogitsLoss()
+    cls_logits, dist_logits = torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.tensor([1.0, 0.0, -2.0, 0.5])
+    teacher_logits = torch.tensor([4.0, -4.0, 4.0, -4.0])
+    dist = bce(dist_logits, (teacher_logits > 0).float())
+    labels = torch.tensor([1.0, -1.0, 0.0, -1.0])
+    expected = 0.75 * bce(cls_logits[[0, 2]], labels[[0, 2]]) + 0.25 * dist
+    torch.testing.assert_close(teacher.loss(cls_logits, dist_logits, labels, teacher_logits, bce), expected)
+    none_labelled = torch.full((4,), -1.0, requires_grad=False)
+    cls = cls_logits.clone().requires_grad_()
+    loss = teacher.loss(cls, dist_logits, none_labelled, teacher_logits, bce)
+    torch.testing.assert_close(loss, 0.25 * dist)
+    loss.backward()
+    assert torch.equal(cls.grad, torch.zeros(4))  # the class head learns nothing from unlabelled series
+
+
+def test_distillation_on_unlabelled_series_needs_some(teacher, xray_cohort, ingested, tmp_path):
+    out = fresh(ingested, tmp_path, "none")
+    config = config_for(xray_cohort, out, train={"distill": {"teacher": str(teacher), "unlabelled": True}})
+    with pytest.raises(ConfigError, match="no unlabelled series"):
+        Trainer(config, Dist(), torch.device("cpu"))
+
+
 # ---- progressive resizing -----------------------------------------------------------------------------
 def test_progressive_schedule_sizes_and_batch(xray_cohort, tmp_path):
     config = config_for(xray_cohort, tmp_path, train={"epochs": 4, "progressive_batch": "auto",

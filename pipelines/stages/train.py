@@ -30,6 +30,7 @@ from ..config import ConfigError, PipelineConfig
 from ..data import build_dataset
 from ..manifest import read_manifest
 from ..modeling import build_model, input_size, is_vit, model_kwargs, param_groups, save_model
+from ..splits import UNLABELLED
 from ..tracking import stage_run
 from .ingest import manifest_digest
 
@@ -60,6 +61,24 @@ def load_splits(config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     if train.empty or train["label"].nunique() < 2:
         raise ConfigError(f"the train split of '{path}' needs normal and abnormal studies: label more studies")
     return manifest, train, val
+
+
+def distill_unlabelled_rows(manifest: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
+    """The unlabelled series a distilled student also trains on (``train.distill.unlabelled``), else none.
+
+    Only the manifest's ``unlabelled`` split: validation and test series never reach training, labelled or not.
+    """
+    spec = config.train.distill
+    if spec is None or not spec.unlabelled:
+        return manifest.iloc[:0]
+    rows = manifest[(manifest["split"] == UNLABELLED) & manifest["label"].isna()]
+    if rows.empty:
+        raise ConfigError("train.distill.unlabelled: the manifest has no unlabelled series; add unlabelled "
+                          "studies under data.dicom_root and re-run ingest, or set train.distill.unlabelled=false")
+    if config.train.class_balance == "sampler":
+        raise ConfigError("train.distill.unlabelled cannot weight unlabelled series by class: use "
+                          "train.class_balance=pos_weight")
+    return rows
 
 
 def safe_auroc(labels: list[float], scores: list[float]) -> float:
@@ -99,7 +118,9 @@ class Trainer:
     def __init__(self, config: PipelineConfig, info: engine.Dist, device: torch.device):
         self.config, self.info, self.device = config, info, device
         self.manifest, train_rows, val_rows = load_splits(config)
-        self.train_set = build_dataset(train_rows, config, train=True)
+        unlabelled_rows = distill_unlabelled_rows(self.manifest, config)
+        self.n_unlabelled = len(unlabelled_rows)
+        self.train_set = build_dataset(pd.concat([train_rows, unlabelled_rows]), config, train=True)
         self.val_set = build_dataset(val_rows, config, train=False) if len(val_rows) else None
         labels = train_rows["label"].astype(int).to_numpy()
         n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
@@ -313,7 +334,8 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
         if trainer.epoch == 0 and info.is_main:
             run.log_manifest(trainer.manifest, manifest_digest(trainer.manifest), context="training")
             run.set_tags({"medvit.amp": str(trainer.amp).replace("torch.", ""), "medvit.device": device.type,
-                          "medvit.world_size": str(info.world_size)})
+                          "medvit.world_size": str(info.world_size),
+                          "medvit.distill_unlabelled_series": str(trainer.n_unlabelled)})
         while trainer.epoch < config.train.epochs:
             metrics = {**trainer.train_epoch(progress), **trainer.validate()}
             trainer.epoch += 1
