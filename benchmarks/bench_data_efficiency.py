@@ -15,7 +15,7 @@ cohort (other seed) measures every row. Rows, all with the same ``--epochs`` of 
 - mae_distill: both remedies together (MAE encoder as init, distilled from the cnn row);
 - distill_pool, mae_distill_pool: distill and mae_distill with ``train.distill.unlabelled``: the teacher also
   labels the pool's unlabelled studies for the distillation head, so an epoch sees every pool study (about 10x
-  the images of the other rows: compare their train time too).
+  the images of the other rows: compare their train time too, or give them ``--pool-epochs``).
 
 MAE rows fine-tune with layer-wise lr decay when ``--layer-decay`` is given, and through the class token unless
 ``--set model.global_pool=avg`` (MAE's own fine-tuning recipe, and the one that pays here; distilled rows then
@@ -155,6 +155,9 @@ def main() -> None:
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
     parser.add_argument("--distill-kind", choices=["hard", "soft"], default="hard", help="for the distilled rows")
     parser.add_argument("--layer-decay", type=float, default=None, help="for the rows starting from the MAE encoder")
+    parser.add_argument("--pool-epochs", type=int, default=None,
+                        help="epochs of the *_pool rows (default --epochs); warmup scaled to the same share. "
+                             "A pool epoch sees every pool study: fewer epochs compare at equal compute")
     parser.add_argument("--progressive-epochs", type=int, default=None,
                         help="epochs at the small size in the progressive row (default: half of --epochs)")
     parser.add_argument("--progressive-scale", type=float, default=0.5, help="small size / full size")
@@ -221,6 +224,9 @@ def main() -> None:
             extra = [*variants[name], f"train.seed={seed}"]
             if name in curve_rows:
                 extra.append("train.save_every=1")
+            if name.endswith("_pool") and args.pool_epochs:
+                warmup = load_config(base, args.set).train.warmup_epochs * args.pool_epochs / args.epochs
+                extra += [f"train.epochs={args.pool_epochs}", f"train.warmup_epochs={warmup}"]
             if name in FROM_MAE:
                 extra.append(f"train.init={encoder}")
                 if args.layer_decay:

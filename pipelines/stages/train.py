@@ -120,7 +120,8 @@ class Trainer:
         self.manifest, train_rows, val_rows = load_splits(config)
         unlabelled_rows = distill_unlabelled_rows(self.manifest, config)
         self.n_unlabelled = len(unlabelled_rows)
-        self.train_set = build_dataset(pd.concat([train_rows, unlabelled_rows]), config, train=True)
+        train_set_rows = pd.concat([train_rows, unlabelled_rows]) if len(unlabelled_rows) else train_rows
+        self.train_set = build_dataset(train_set_rows, config, train=True)
         self.val_set = build_dataset(val_rows, config, train=False) if len(val_rows) else None
         labels = train_rows["label"].astype(int).to_numpy()
         n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
