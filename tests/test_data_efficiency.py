@@ -263,6 +263,19 @@ def test_distillation_on_unlabelled_series_teaches_the_dist_head_only(teacher, x
     assert len(Trainer(without, Dist(), torch.device("cpu")).train_set) == n_train
 
 
+def test_train_cli_with_unlabelled_distillation_records_how_many_series(teacher, xray_cohort, partly_labelled,
+                                                                         tmp_path):
+    out = fresh(partly_labelled, tmp_path, "cli")
+    config = config_for(xray_cohort, out, data={"labels": str(partly_labelled / "labels.csv")},
+                        train={"epochs": 1, "distill": {"teacher": str(teacher), "unlabelled": True}})
+    result = CliRunner().invoke(cli, ["train", "--config", str(write_config(config, out / "c.yaml"))],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run_id = json.loads((out / "train" / "summary.json").read_text())["run_id"]
+    tags = mlflow.MlflowClient(config.tracking.uri).get_run(run_id).data.tags
+    assert tags["medvit.stage"] == "train" and tags["medvit.distill_unlabelled_series"] == "8"
+
+
 def test_unlabelled_items_count_for_the_teacher_loss_only():
     teacher = recipes.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 0.25)
     bce = torch.nn.BCEWithLogitsLoss()
