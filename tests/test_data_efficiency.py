@@ -285,7 +285,7 @@ def test_unlabelled_items_count_for_the_teacher_loss_only():
     labels = torch.tensor([1.0, -1.0, 0.0, -1.0])
     expected = 0.75 * bce(cls_logits[[0, 2]], labels[[0, 2]]) + 0.25 * dist
     torch.testing.assert_close(teacher.loss(cls_logits, dist_logits, labels, teacher_logits, bce), expected)
-    none_labelled = torch.full((4,), -1.0, requires_grad=False)
+    none_labelled = torch.full((4,), -1.0)
     cls = cls_logits.clone().requires_grad_()
     loss = teacher.loss(cls, dist_logits, none_labelled, teacher_logits, bce)
     torch.testing.assert_close(loss, 0.25 * dist)
