@@ -166,9 +166,7 @@ class Teacher:
             t = self.temperature
             dist = F.binary_cross_entropy_with_logits(dist_logits / t, torch.sigmoid(teacher_logits / t)) * t * t
         labelled = labels >= 0
-        if bool(labelled.all()):
-            supervised = label_loss(cls_logits, labels)
-        elif bool(labelled.any()):
+        if bool(labelled.any()):
             supervised = label_loss(cls_logits[labelled], labels[labelled])
         else:  # a batch of unlabelled series only: the class head gets no signal (zero keeps the graph)
             supervised = cls_logits.sum() * 0.0
