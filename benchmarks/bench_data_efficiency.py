@@ -217,6 +217,8 @@ def main() -> None:
     elif "mae" in rows or (set(rows) & set(FROM_MAE) and not (encoder.is_file() and pretrain)):
         pretrain = pretrain_encoder(row_config(base, args, out / "mae_pretrain", pool, [f"train.seed={seeds[0]}"]),
                                     ingest_dir)
+    # pool rows with --pool-epochs keep the warmup's share of their (shorter) schedule
+    pool_warmup = load_config(base, args.set).train.warmup_epochs * (args.pool_epochs or args.epochs) / args.epochs
     for seed in seeds:
         for name in rows:
             row_dir = out / f"{name}_s{seed}"
@@ -225,8 +227,7 @@ def main() -> None:
             if name in curve_rows:
                 extra.append("train.save_every=1")
             if name.endswith("_pool") and args.pool_epochs:
-                warmup = load_config(base, args.set).train.warmup_epochs * args.pool_epochs / args.epochs
-                extra += [f"train.epochs={args.pool_epochs}", f"train.warmup_epochs={warmup}"]
+                extra += [f"train.epochs={args.pool_epochs}", f"train.warmup_epochs={pool_warmup}"]
             if name in FROM_MAE:
                 extra.append(f"train.init={encoder}")
                 if args.layer_decay:

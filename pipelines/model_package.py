@@ -66,18 +66,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _registry_version(uri: str) -> str | None:
-    """The version a ``models:/`` URI points at (an alias is resolved through the registry)."""
-    from mlflow import MlflowClient
-
+def _registry_spec(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI; another form is one error."""
     spec = uri[len("models:/"):].strip("/")
     if "@" in spec:
         name, alias = spec.split("@", 1)
-        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+        return name, alias, None
     parts = spec.split("/")
     if len(parts) == 2 and parts[1].isdigit():
-        return parts[1]
+        return parts[0], None, parts[1]
     raise ConfigError(f"model URI '{uri}' is not models:/NAME@ALIAS or models:/NAME/VERSION: fix --model")
+
+
+def _registry_version(uri: str) -> str:
+    """The version a ``models:/`` URI points at (an alias is resolved through the registry)."""
+    from mlflow import MlflowClient
+
+    name, alias, version = _registry_spec(uri)
+    return version if version is not None else str(MlflowClient().get_model_version_by_alias(name, alias).version)
 
 
 def download(uri: str, dest: Path, tracking: str, what: str = "model URI") -> Path:
@@ -101,8 +107,8 @@ def _download(uri: str, dest: Path, tracking: str) -> tuple[Path, str | None]:
     import mlflow
 
     registry = uri.startswith("models:/")
-    if registry and "@" not in uri and not uri.rstrip("/").rsplit("/", 1)[-1].isdigit():
-        raise ConfigError(f"model URI '{uri}' is not models:/NAME@ALIAS or models:/NAME/VERSION: fix --model")
+    if registry:
+        _registry_spec(uri)  # a malformed registry URI fails here, before any download
     local = download(uri, dest, tracking)  # an unknown name, alias or run fails here, in one line
     mlflow.set_tracking_uri(tracking)
     return local, _registry_version(uri) if registry else None

@@ -71,7 +71,7 @@ def distill_unlabelled_rows(manifest: pd.DataFrame, config: PipelineConfig) -> p
     spec = config.train.distill
     if spec is None or not spec.unlabelled:
         return manifest.iloc[:0]
-    rows = manifest[(manifest["split"] == UNLABELLED) & manifest["label"].isna()]
+    rows = manifest[manifest["split"] == UNLABELLED]  # ingest puts exactly the studies without a label here
     if rows.empty:
         raise ConfigError("train.distill.unlabelled: the manifest has no unlabelled series; add unlabelled "
                           "studies under data.dicom_root and re-run ingest, or set train.distill.unlabelled=false")
