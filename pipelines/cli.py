@@ -74,11 +74,18 @@ def models_command() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--difficulty", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="0 = obvious lesions, 1 = subtle")
-def synth_command(out: Path, kind: str, studies: int, seed: int, difficulty: float) -> None:
+@click.option("--base", type=click.Choice(["phantom", "real"]), default="phantom", show_default=True,
+              help="phantom = drawn anatomy; real = real radiographs / MR volumes from installed packages")
+def synth_command(out: Path, kind: str, studies: int, seed: int, difficulty: float, base: str) -> None:
     """Write a synthetic cohort as real DICOM: OUT/dicom/** and OUT/labels.csv."""
+    from .dicom.realbase import MissingBase
     from .dicom.synth import write_cohort
 
-    summary = write_cohort(out, kind, studies, seed, difficulty=difficulty)
+    try:
+        summary = write_cohort(out, kind, studies, seed, difficulty=difficulty, base=base)
+    except MissingBase as error:
+        click.echo(f"medvit synth: {error}", err=True)
+        sys.exit(EXIT_USAGE)
     click.echo(summary_table(f"synth {kind}: {out}", [
         ("patients", summary.patients), ("studies", summary.studies), ("series", summary.series),
         ("files", summary.files), ("abnormal studies", summary.abnormal), ("labels", out / "labels.csv"),
