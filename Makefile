@@ -7,20 +7,28 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench clean
 
+MRICRON := /usr/share/mricron/templates/ch2.nii.gz
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The real MRI base (Colin27 T1, ch2.nii.gz) is a Debian package; without root, say how to get it.
+$(MRICRON):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq mricron-data || (apt-get update -qq && apt-get install -y -qq mricron-data)) >/dev/null; \
+	else echo "medvit: the real MRI base needs Debian's mricron-data: sudo apt-get install mricron-data"; fi
 
-lint: $(STAMP)
+install: $(STAMP) $(MRICRON)
+
+lint: $(STAMP) $(MRICRON)
 	$(VENV)/bin/ruff check .
 
 test: lint
 	$(VENV)/bin/pytest -q
 
-demo: $(STAMP)
+demo: $(STAMP) $(MRICRON)
 	$(VENV)/bin/medvit demo --kind xray
 
 bench: $(STAMP)

@@ -112,18 +112,33 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(20, ge=1)
+    plan: Literal["auto", "off"] = Field(
+        "auto", description="auto: keys you leave unset come from the dataset fingerprint (OUTPUT/plan.json); "
+                            "off: the schema defaults")
+    epochs: int = Field(20, ge=1, description="used when train.steps is unset")
+    steps: int | None = Field(
+        None, ge=1, description="optimizer-step budget: epochs = ceil(steps / steps per epoch), the last one cut "
+                                "short; the cosine schedule spans exactly these steps")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-4, gt=0)
     min_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup in optimizer steps (overrides warmup_epochs)")
     grad_clip: float | None = Field(1.0, gt=0)
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     compile: bool = False
     class_balance: Literal["pos_weight", "sampler", "none"] = "pos_weight"
-    early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_patience: int | None = Field(5, ge=1, description="validations without a better smoothed "
+                                                                        "criterion before stopping; null = never")
+    early_stopping_metric: Literal["loss", "auroc"] = Field(
+        "loss", description="criterion of early stopping (not of model selection, which is AUROC first): the "
+                            "validation loss keeps moving when a small validation split's AUROC saturates or ties")
+    early_stopping_smoothing: float = Field(
+        0.6, ge=0, lt=1, description="EMA factor on the criterion (0 = raw): one lucky or unlucky validation "
+                                     "neither resets nor spends the patience")
+    min_steps: int = Field(0, ge=0, description="early stopping never stops before this many optimizer steps")
     num_workers: int = Field(2, ge=0)
     seed: int = 0
     deterministic: bool = False
@@ -217,6 +232,7 @@ class PipelineConfig(Section):
 
         if self.model.preset is None:
             self.model.preset = "vit_small" if self.data.kind == "xray" else "vit3d_small"
+            self.model.model_fields_set.discard("preset")  # a default, not the user's choice (train.plan)
         if self.model.preset not in list_models():
             raise ValueError(f"model.preset {self.model.preset!r} is not one of {', '.join(list_models())}")
         is_3d = self.model.preset.startswith("vit3d_")
@@ -328,3 +344,46 @@ def flatten_tree(tree: dict[str, Any]) -> dict[str, str]:
 def flatten(config: PipelineConfig) -> dict[str, str]:
     """The config as dotted keys."""
     return flatten_tree(config.model_dump(mode="json"))
+
+
+# ---- explicit keys (what the user chose, as opposed to defaults) ------------------------------------------
+def explicit_keys(section: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted keys the YAML or ``--set`` gave a value (pydantic's ``model_fields_set``), never the defaults."""
+    keys: set[str] = set()
+    for name in section.model_fields_set:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            keys |= explicit_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def get_key(config: PipelineConfig, key: str) -> Any:
+    """The value of a dotted key, e.g. ``get_key(config, "train.lr")``."""
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def with_values(config: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
+    """A validated copy with ``values`` (dotted keys) set; they stay unmarked, like defaults.
+
+    So ``explicit_keys`` of the copy is that of ``config``: values derived for the user never pass for the
+    user's own choices.
+    """
+    if not values:
+        return config
+    raw = config.model_dump(exclude_unset=True)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    out = validate_config(raw)
+    for key in values:
+        parent, _, leaf = key.rpartition(".")
+        (get_key(out, parent) if parent else out).model_fields_set.discard(leaf)
+    return out

@@ -64,6 +64,7 @@ class CohortPlan:
     kind: str
     seed: int
     difficulty: float
+    base: str
     image_size: int
     slices: int
     studies: tuple[StudyPlan, ...]
@@ -139,11 +140,13 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
                 difficulty: float = 0.5, image_size: int | None = None, slices: int | None = None,
                 monochrome1_fraction: float = 0.25, compressed_fraction: float = 0.3,
                 localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
-                shuffle_instance_numbers: bool = True) -> CohortPlan:
+                shuffle_instance_numbers: bool = True, base: str = "phantom") -> CohortPlan:
     """Decide patients, labels, dates, UIDs, photometric, localizers, slice order and encodings."""
     key = f"medvit-synth|{sorted(locals().items())!r}"  # every argument: other arguments, other UIDs
     if kind not in ("xray", "mri"):
         raise ValueError(f"kind must be 'xray' or 'mri', not {kind!r}")
+    if base not in ("phantom", "real"):
+        raise ValueError(f"base must be 'phantom' or 'real', not {base!r}")
     if studies < 1:
         raise ValueError("studies must be at least 1")
     rng = np.random.default_rng([seed, KIND_CODES[kind], 7919])
@@ -162,8 +165,9 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
     syntaxes = list(available_encodings())
     packed = iter(exact_share(rng, sum(series_counts), compressed_fraction if syntaxes else 0.0))
     encoders = itertools.cycle(syntaxes or [ExplicitVRLittleEndian])
-    plan = CohortPlan(kind=kind, seed=seed, difficulty=float(difficulty), key=key,
-                      image_size=image_size or (256 if kind == "xray" else 64), slices=slices or 24,
+    default_size = {("xray", "phantom"): 256, ("mri", "phantom"): 64, ("xray", "real"): 512, ("mri", "real"): 128}
+    plan = CohortPlan(kind=kind, seed=seed, difficulty=float(difficulty), key=key, base=base,
+                      image_size=image_size or default_size[kind, base], slices=slices or 24,
                       forbidden_in_uids=frozenset(p.birth_date for p in patients), studies=())
     plans = []
     for i in range(studies):

@@ -305,12 +305,13 @@ def mr_noise(rng: np.random.Generator, clean: Array, sigma: float) -> Array:
     return np.sqrt(real**2 + imag**2)
 
 
-def slice_stack(rng: np.random.Generator, size: int, count: int) -> tuple[str, list[Plane], Array]:
+def slice_stack(rng: np.random.Generator, size: int, count: int, coverage: float = 150.0
+                ) -> tuple[str, list[Plane], Array]:
     """A diagnostic slab: view name (AX, AX OBL or SAG), planes stepping along the normal from the lowest
-    position (about 150 mm coverage, about 240 mm field of view), and the slab centre."""
+    position (``coverage`` mm, about 240 mm field of view), and the slab centre."""
     view = ("AX", "AX OBL", "SAG")[int(rng.choice(3, p=[0.65, 0.2, 0.15]))]
     axes = oblique_axes(rng) if view == "AX OBL" else (SAGITTAL if view == "SAG" else AXIAL)
-    step = float(np.clip(round(150.0 / count, 1), 1.0, 8.0))
+    step = float(np.clip(round(coverage / count, 1), 1.0, 8.0))
     spacing = round(float(rng.uniform(220, 250)) / size, 4)
     centre = rng.uniform(-5, 5, 3)
     normal = np.cross(*(np.asarray(a, dtype=float) for a in axes))

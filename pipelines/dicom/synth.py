@@ -9,7 +9,8 @@ The files carry what real scanners write and readers trip over: CR and DX radiog
 share, rescale slopes other than 1, rectangular detectors, DX without rescale tags), T2-FLAIR MR series with
 axial, oblique and sagittal geometry whose InstanceNumber does not always follow position, 12- and 16-bit
 vendors, localizer series, and lossless compressed transfer syntaxes. Same arguments, same bytes: UIDs are
-hashed from the arguments, dates are fixed. Anatomy and lesions come from :mod:`pipelines.dicom.phantoms`.
+hashed from the arguments, dates are fixed. Anatomy and lesions come from :mod:`pipelines.dicom.phantoms`
+(``base="phantom"``) or from real images warped by :mod:`pipelines.dicom.realbase` (``base="real"``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from pipelines.dicom import phantoms
+from pipelines.dicom import phantoms, realbase
 from pipelines.dicom.cohort_plan import (  # noqa: F401 - re-exported for callers of synth
     KIND_CODES,
     VENDORS,
@@ -125,16 +126,27 @@ def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
     size, narrow = plan.image_size, plan.image_size - plan.image_size // 8
     rows, cols = [(size, size), (size, narrow), (narrow, size)][int(rng.choice(3, p=[0.7, 0.2, 0.1]))]
     slope, intercept = [(1.0, 0.0), (0.5, 0.0), (2.0, -1024.0)][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
-    low, high = rng.uniform(40, 300), rng.uniform(3300, 4050)
-    image, _ = phantoms.chest_study(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
+    if plan.base == "phantom":
+        bits, low, high = 12, rng.uniform(40, 300), rng.uniform(3300, 4050)
+    else:  # detectors of 10 to 16 bits, using part of their range
+        bits = int(rng.choice([10, 12, 14, 15, 16]))
+        low, high = rng.uniform(0.01, 0.07) * (2**bits - 1), rng.uniform(0.8, 0.99) * (2**bits - 1)
+    top = 4095 if plan.base == "phantom" else 2**bits - 1
+    body_part, view = "CHEST", ("PA", "AP")[int(rng.random() < 0.3)]
+    if plan.base == "real":
+        real = realbase.real_xray(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
+        image, base = real.image, realbase.xray_base(real.base)
+        body_part, view = base.body_part, base.view if base.view != "PA" else view
+    else:
+        image, _ = phantoms.chest_study(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
     stored = np.rint(low + image * (high - low)).astype(np.uint16)
     photometric = "MONOCHROME1" if study.monochrome1 else "MONOCHROME2"
-    ds = instance(base_dataset(study, modality, vendor), 4095 - stored if study.monochrome1 else stored, 12,
+    ds = instance(base_dataset(study, modality, vendor), top - stored if study.monochrome1 else stored, bits,
                   photometric)
     if modality == "CR" or slope != 1.0 or rng.random() < 0.5:  # many DX files carry no rescale at all
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = ds_str(slope), ds_str(intercept), "US"
     set_window(ds, stored, slope, intercept, inverted=study.monochrome1)
-    spacing = [ds_str(350.0 / max(rows, cols) * rng.uniform(0.95, 1.05))] * 2
+    spacing = [ds_str((350.0 if body_part == "CHEST" else 300.0) / max(rows, cols) * rng.uniform(0.95, 1.05))] * 2
     if modality == "DX":
         ds.ImagerPixelSpacing, ds.PresentationIntentType = spacing, "FOR PRESENTATION"
         ds.PixelIntensityRelationship = "LOG"
@@ -142,9 +154,8 @@ def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
         ds.ImagerPixelSpacing = spacing
     elif modality == "CR" or rng.random() < 0.5:
         ds.PixelSpacing = spacing
-    ds.ImageType, ds.BodyPartExamined = ["ORIGINAL", "PRIMARY"], "CHEST"
-    ds.ViewPosition = ("PA", "AP")[int(rng.random() < 0.3)]
-    ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"CHEST {ds.ViewPosition}"
+    ds.ImageType, ds.BodyPartExamined, ds.ViewPosition = ["ORIGINAL", "PRIMARY"], body_part, view
+    ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"{body_part} {view}"
     ds.KVP = ds_str(rng.uniform(100, 125), 0)
     ds.SeriesInstanceUID = plan.uid("series", study.index, 1)
     ds.SOPInstanceUID = plan.uid("sop", study.index, 1, 1)
@@ -157,9 +168,18 @@ def study_rngs(plan: CohortPlan, study: StudyPlan) -> tuple[np.random.Generator,
     return tuple(plan.rng(study, purpose) for purpose in (1, 2, 3))
 
 
-def mr_stored(plan: CohortPlan, study: StudyPlan, planes: list, scale: float, top: int) -> np.ndarray:
-    """The study's head on ``planes`` as stored values: intensity x ``scale``, clipped to 0..``top``."""
-    values, _ = phantoms.brain_study(study_rngs(plan, study), planes, study.abnormal, plan.difficulty)
+def mr_stored(plan: CohortPlan, study: StudyPlan, planes: list, scale: float, top: int, centre: np.ndarray,
+              thickness: float) -> np.ndarray:
+    """The study's head on ``planes`` as stored values: intensity x ``scale``, clipped to 0..``top``.
+
+    ``centre`` is the slab centre the head sits at; ``thickness`` (mm) is averaged across for a real base.
+    """
+    if plan.base == "real":
+        points = np.stack([p.points() for p in planes])
+        values = realbase.real_volume(study_rngs(plan, study), points, planes[0].normal, thickness,
+                                      study.abnormal, plan.difficulty, centre).values
+    else:
+        values, _ = phantoms.brain_study(study_rngs(plan, study), planes, study.abnormal, plan.difficulty)
     return np.clip(np.rint(values * scale), 0, top).astype(np.uint16)
 
 
@@ -182,10 +202,13 @@ def mr_slices(plan: CohortPlan, study: StudyPlan, template: Dataset, planes: lis
 
 
 def mri_series(plan: CohortPlan, study: StudyPlan) -> list[list[Dataset]]:
-    """A localizer (if planned) and the T2-FLAIR series, each a list of single-frame slices."""
+    """A localizer (if planned) and the diagnostic series (T2-FLAIR on phantoms, T1 on a real base: the
+    bases are T1 volumes), each a list of single-frame slices. A real base also varies the coverage."""
     rng = plan.rng(study, 0)
     vendor = VENDORS[int(rng.integers(len(VENDORS)))]
-    view, planes, centre = phantoms.slice_stack(rng, plan.image_size, plan.slices)
+    real = plan.base == "real"
+    coverage = plan.rng(study, 4).uniform(100.0, 170.0) if real else 150.0  # partial coverage on a real base
+    view, planes, centre = phantoms.slice_stack(rng, plan.image_size, plan.slices, coverage)
     slope = [1.0, 2.0, 0.8][int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
     count, top = plan.slices, 2 ** vendor[2] - 1
     step = float(np.linalg.norm(planes[-1].corner - planes[0].corner)) / max(count - 1, 1)
@@ -200,7 +223,7 @@ def mri_series(plan: CohortPlan, study: StudyPlan) -> list[list[Dataset]]:
     if study.localizer:
         scout = [phantoms.centred_plane(a, 280.0 / plan.image_size, plan.image_size, centre)
                  for a in (phantoms.AXIAL, phantoms.SAGITTAL, phantoms.CORONAL)]
-        scout_pixels = mr_stored(plan, study, scout, 1500.0 / slope, top)
+        scout_pixels = mr_stored(plan, study, scout, 1500.0 / slope, top, centre, 8.0)
         attrs = {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "SeriesDescription": "localizer",
                  "ScanningSequence": "GR", "SequenceVariant": "SP", "SliceThickness": "8",
                  "RepetitionTime": "8.6", "EchoTime": "4", "ProtocolName": "localizer"}
@@ -210,7 +233,13 @@ def mri_series(plan: CohortPlan, study: StudyPlan) -> list[list[Dataset]]:
              "SequenceVariant": ["SK", "SP", "MP"], "RepetitionTime": "9000", "InversionTime": "2500",
              "EchoTime": ds_str(rng.uniform(90, 110), 1), "SliceThickness": ds_str(step - (step > 3)),
              "SpacingBetweenSlices": ds_str(step)}
-    series.append((planes, mr_stored(plan, study, planes, 2000.0 / slope, top), numbers, attrs))
+    if real:
+        attrs |= {"SeriesDescription": f"T1 SE {view}", "ProtocolName": f"T1_SE_{view.replace(' ', '_')}",
+                  "ScanningSequence": "SE", "SequenceVariant": ["SK", "SP"], "RepetitionTime": "550",
+                  "EchoTime": ds_str(8 + 10 * rng.random(), 1)}
+        del attrs["InversionTime"]
+    thickness = step - (step > 3)
+    series.append((planes, mr_stored(plan, study, planes, 2000.0 / slope, top, centre, thickness), numbers, attrs))
     datasets = []
     for number, (slice_planes, pixels, instance_numbers, attrs) in enumerate(series, start=1):
         attrs = {**common, **attrs, "SeriesNumber": number,
@@ -257,8 +286,12 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
                  image_size: int | None = None, slices: int | None = None,
                  monochrome1_fraction: float = 0.25, compressed_fraction: float = 0.3,
                  localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
-                 shuffle_instance_numbers: bool = True) -> CohortSummary:
+                 shuffle_instance_numbers: bool = True, base: str = "phantom") -> CohortSummary:
     """Write a synthetic X-ray or MRI cohort as DICOM under ``out`` (layout in the module docstring).
+
+    ``base``: ``phantom`` draws the anatomy; ``real`` warps real radiographs or MR volumes from installed
+    packages (:mod:`pipelines.dicom.realbase`; ``MissingBase`` before anything is written when one is absent)
+    and draws irregular findings into them (:mod:`pipelines.dicom.lesions`).
 
     ``studies`` studies, exactly ``round(studies * abnormal_fraction)`` abnormal. ``difficulty`` in [0, 1]:
     0 gives large, bright lesions, 1 small, faint ones. ``image_size``: X-ray side (default 256; some studies
@@ -274,7 +307,9 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
                        image_size=image_size, slices=slices, monochrome1_fraction=monochrome1_fraction,
                        compressed_fraction=compressed_fraction, localizer_fraction=localizer_fraction,
                        multi_study_fraction=multi_study_fraction,
-                       shuffle_instance_numbers=shuffle_instance_numbers)
+                       shuffle_instance_numbers=shuffle_instance_numbers, base=base)
+    if base == "real":
+        realbase.check_xray_bases() if kind == "xray" else realbase.available_mri_bases()
     root = prepare_output(out)
     n_series = n_files = 0
     for study in plan.studies:
@@ -294,7 +329,7 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
               "series": n_series, "files": n_files, "abnormal": sum(s.abnormal for s in plan.studies)}
     summary = CohortSummary(kind=kind, **counts, dicom_root=root, labels_csv=labels,
                             identities_csv=identities)
-    record = {"generator": "medvit synth", "kind": kind, "seed": seed, "difficulty": difficulty,
+    record = {"generator": "medvit synth", "kind": kind, "base": base, "seed": seed, "difficulty": difficulty,
               "abnormal_fraction": abnormal_fraction, "image_size": plan.image_size, "slices": plan.slices,
               "counts": counts}
     (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
