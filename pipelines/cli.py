@@ -117,6 +117,27 @@ def ingest_command(config_path: Path, overrides: tuple[str, ...]) -> None:
     sys.exit(EXIT_PARTIAL if any(is_failure(r.reason_code) for r in rejected) else EXIT_OK)
 
 
+@cli.command("plan")
+@config_options
+@clean_errors
+def plan_command(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """Fingerprint the ingested dataset and plan the training recipe: OUTPUT/plan.json (train.plan: auto)."""
+    from .planning import plan_rows
+    from .stages.plan import run_plan
+
+    config = _load(config_path, overrides)
+    result = run_plan(config)
+    record = result.record
+    rows = [(key, value + (" *" if source == "config" else ""), why) for key, value, source, why in plan_rows(record)]
+    click.echo(summary_table(f"plan {config.name} ({record['fingerprint']['n_train']} labelled train series)", rows))
+    click.echo("* the config's value stands (the key, or a related one, is set)")
+    for note in record["notes"]:
+        click.echo(f"note: {note}")
+    if config.train.plan == "off":
+        click.echo("train.plan is off: medvit train will not apply this plan")
+    click.echo(f"plan: {result.path}   MLflow run: {result.run_id}")
+
+
 @cli.command("train")
 @config_options
 @click.option("--resume", is_flag=True, help="continue from OUTPUT/train/last.safetensors")
@@ -130,7 +151,8 @@ def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -
     if int(os.environ.get("RANK", "0")) == 0:
         last = result.history[-1] if result.history else {}
         click.echo(summary_table(f"train {config.name}", [
-            ("epochs run", result.epochs_run), ("stopped early", result.stopped_early),
+            ("epochs run", result.epochs_run), ("optimizer steps", result.steps_run),
+            ("stopped early", result.stopped_early),
             ("best epoch", result.best_epoch), ("best val AUROC", f"{result.best_val_auroc:.4f}"),
             ("last train loss", f"{last.get('train_loss', float('nan')):.4f}"),
             ("images/s (last epoch)", f"{last.get('images_per_sec', float('nan')):.1f}"),

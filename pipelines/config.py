@@ -155,6 +155,12 @@ class TrainConfig(Section):
         None, ge=1, description="also keep the (full-size) model every N epochs as train/epochs/epoch_NNN.safetensors, "
                                 "loadable like best.safetensors: learning curves, later evaluation of any epoch")
 
+    @field_validator("plan", "amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false: ``train.plan: off`` and ``train.amp: off`` mean the word."""
+        return "off" if value is False else value
+
 
 class DistillConfig(Section):
     """DeiT distillation: the ViT gets a distillation token whose head learns from a frozen teacher."""

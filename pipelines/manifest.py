@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint import atomic_write
+from .config import ConfigError, PipelineConfig
 from .dicom.reasons import Rejected
 from .dicom.scan import Series
 from .privacy import Pseudonymizer
@@ -74,6 +75,18 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"manifest {path} lacks columns {sorted(missing)}: re-run `medvit ingest`")
     return frame
+
+
+def manifest_path(config: PipelineConfig) -> Path:
+    return config.output.dir / "manifest.parquet"
+
+
+def load_manifest(config: PipelineConfig) -> pd.DataFrame:
+    """The ingested manifest of ``config``; ConfigError (one line) when ingest has not run."""
+    path = manifest_path(config)
+    if not path.is_file():
+        raise ConfigError(f"no manifest at '{path}': run `medvit ingest --config ...` first")
+    return read_manifest(path)
 
 
 def write_errors(rejected: Iterable[Rejected], path: Path) -> pd.DataFrame:

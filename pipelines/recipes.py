@@ -197,8 +197,10 @@ def resize_batch(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(images, size=tuple(size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
 
 
-def epoch_sizes(config: PipelineConfig) -> list[tuple[int, ...]]:
-    """The input size of every epoch: the progressive stages in order, then the full (preprocess) size."""
+def epoch_sizes(config: PipelineConfig, epochs: int | None = None) -> list[tuple[int, ...]]:
+    """The input size of every epoch (``train.epochs`` of them unless given): the progressive stages in order,
+    then the full (preprocess) size."""
+    epochs = config.train.epochs if epochs is None else epochs
     full = tuple(input_size(config))
     sizes: list[tuple[int, ...]] = []
     for stage in config.train.progressive or []:
@@ -208,10 +210,10 @@ def epoch_sizes(config: PipelineConfig) -> list[tuple[int, ...]]:
                               f"model size {list(full)}")
         check_input_size(config.model.arch, size, "train.progressive img_size")
         sizes += [size] * stage.epochs
-    if len(sizes) > config.train.epochs:
+    if len(sizes) > epochs:
         raise ConfigError(f"train.progressive stages add up to {len(sizes)} epochs, more than train.epochs="
-                          f"{config.train.epochs}: the last epochs must run at the full size")
-    return sizes + [full] * (config.train.epochs - len(sizes))
+                          f"{epochs}: the last epochs must run at the full size")
+    return sizes + [full] * (epochs - len(sizes))
 
 
 def epoch_batch_size(config: PipelineConfig, size: Sequence[int]) -> int:

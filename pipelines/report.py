@@ -10,11 +10,13 @@ import click
 from .dicom.reasons import Rejected, is_failure
 
 
-def summary_table(title: str, rows: Sequence[tuple[str, object]]) -> str:
-    """A two-column table as text."""
-    width = max((len(k) for k, _ in rows), default=0)
-    lines = [title, "-" * max(len(title), width + 12)]
-    lines += [f"{key:<{width}}  {value}" for key, value in rows]
+def summary_table(title: str, rows: Sequence[Sequence[object]]) -> str:
+    """A table as text: a title, a rule, then rows of aligned columns (two in a summary: label, value)."""
+    ncols = max((len(row) for row in rows), default=2)
+    widths = [max((len(str(row[i])) for row in rows if len(row) > i + 1), default=0) for i in range(ncols - 1)]
+    lines = [title, "-" * max(len(title), sum(widths) + 2 * (ncols - 1) + 10)]
+    lines += ["  ".join([*(f"{str(cell):<{w}}" for cell, w in zip(row[:-1], widths, strict=False)), str(row[-1])])
+              for row in rows]
     return "\n".join(lines)
 
 

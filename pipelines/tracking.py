@@ -103,6 +103,12 @@ class StageRun:
             if clean:
                 mlflow.log_metrics(clean, step=step)
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        if self.run:
+            import mlflow
+
+            mlflow.log_params(dict(params))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.run:
             import mlflow

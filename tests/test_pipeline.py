@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from pipelines.cli import cli
 from pipelines.config import dump_config, validate_config
+from pipelines.planning import planned_config
 from pipelines.pyfunc_model import OUTPUT_COLUMNS
 from pipelines.stages.pipeline import run_pipeline
 from pipelines.stages.register import packaged_config, run_register
@@ -114,9 +115,12 @@ def test_every_run_has_the_flattened_config_as_params_and_a_config_artifact(pipe
     children = _children(piped)
     parent = client.get_run(piped["result"].run_id)
     expected = safe_params(piped["config"])
+    planned = safe_params(planned_config(piped["config"]))  # train.plan: auto: from train on, the plan applied
+    assert planned != expected
     for run in [parent, *children.values()]:
-        params = run.data.params
-        assert params == expected, run.info.run_name
+        params = {k: v for k, v in run.data.params.items() if not k.startswith("plan.")}  # train: the plan too
+        assert params == (planned if run.data.tags["medvit.stage"] in ("train", "evaluate", "register")
+                          else expected), run.info.run_name
         assert params["data.kind"] == "xray" and params["train.epochs"] == "2"
         assert params["model.embed_dim"] == "32" and params["preprocess.xray.img_size"] == "32"
         assert params["data.dicom_root"] == params["data.labels"] == params["output.dir"] == "<path>"
@@ -206,6 +210,7 @@ def test_register_run_registers_a_version_with_the_candidate_alias_and_a_model_c
     card = Path(mlflow.artifacts.download_artifacts(run_id=register.info.run_id, artifact_path="model_card.md",
                                                     tracking_uri=piped["uri"])).read_text()
     assert card == version.description
+    assert "## Training plan" in card and "| `augment.prob` | 0.7 | planned |" in card  # train.plan: auto
     assert register.data.tags["medvit.registered_model"] == f"{REGISTRY_NAME}/{version.version}"
     assert register.data.tags["medvit.alias"] == "candidate"
     logged = [m for m in client.search_logged_models([register.info.experiment_id])

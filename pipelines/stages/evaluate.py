@@ -24,6 +24,7 @@ from ..inference import aggregate_studies, score_items
 from ..manifest import read_manifest
 from ..metrics import binary_metrics, choose_threshold, metrics_by_group
 from ..modeling import load_model
+from ..planning import planned_config
 from ..plots import (
     confusion_figure,
     pr_figure,
@@ -88,6 +89,7 @@ def _json_safe(value: Any) -> Any:
 
 def run_evaluate(config: PipelineConfig, *, track: bool = True) -> EvaluateResult:
     """Entry point of the evaluate stage."""
+    config = planned_config(config)  # the preprocessing the model was trained with (train.plan: auto)
     best = train_dir(config) / "best.safetensors"
     if not best.is_file():
         raise ConfigError(f"no trained model at '{best}': run `medvit train --config ...` first")

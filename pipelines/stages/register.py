@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from ..config import ConfigError, PipelineConfig
+from ..planning import plan_rows, planned_config, read_plan
 from ..tracking import safe_config_yaml, stage_run, tracking_uri
 from .evaluate import evaluate_dir
 from .train import train_dir
@@ -61,7 +62,8 @@ def packaged_config(config: PipelineConfig) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
-def model_card(config: PipelineConfig, report: dict, train_summary: dict, version: str) -> str:
+def model_card(config: PipelineConfig, report: dict, train_summary: dict, version: str,
+               plan: dict | None = None) -> str:
     m = report["test"]
 
     def fmt(v: float | None) -> str:
@@ -82,7 +84,7 @@ device; a clinician reads every study. Trained and evaluated on `{config.name}` 
 ## Data
 Patient-grouped split (no patient in two splits); see the data card logged with the ingest run.
 Test split: {m['n']} studies, {m['n_pos']} abnormal.
-
+{_plan_section(plan)}
 ## Metrics (test split)
 | metric | value |
 | --- | --- |
@@ -101,6 +103,22 @@ combined per study by {report['aggregate']}.
 Metrics come from one site's split and a small test set (see the CI). Performance on other scanners,
 populations or protocols is unknown until measured. Scores are not calibrated probabilities unless the
 reliability diagram of the evaluate run says so.
+"""
+
+
+def _plan_section(plan: dict | None) -> str:
+    """The "Training plan" section: planned keys and the values trained with (empty without plan.json)."""
+    if not plan:
+        return ""
+    rows = "\n".join(f"| `{key}` | {value} | {source} |" for key, value, source, _ in plan_rows(plan))
+    return f"""
+## Training plan
+Keys the config left unset were planned from the dataset fingerprint (`train.plan: auto`; starting
+heuristics, not tuned on real data). Full record with reasons: `plan.json` of the train run.
+
+| key | value | source |
+| --- | --- | --- |
+{rows}
 """
 
 
@@ -134,6 +152,7 @@ def run_register(config: PipelineConfig, *, alias: str | None = None, track: boo
     import mlflow
     from mlflow import MlflowClient
 
+    config = planned_config(config)  # the preprocessing and model the training used (train.plan: auto)
     best = (train_dir(config) / "best.safetensors").resolve()
     report_path = evaluate_dir(config) / "metrics.json"
     for path, stage in ((best, "train"), (report_path, "evaluate")):
@@ -172,7 +191,8 @@ def run_register(config: PipelineConfig, *, alias: str | None = None, track: boo
         version = mlflow.register_model(info.model_uri, config.registry.name)
         client = MlflowClient()
         client.set_registered_model_alias(config.registry.name, alias, version.version)
-        card = model_card(config, report, train_summary, str(version.version))
+        plan = read_plan(config) if config.train.plan == "auto" else None
+        card = model_card(config, report, train_summary, str(version.version), plan)
         client.update_model_version(config.registry.name, version.version, description=card)
         run.log_text(card, "model_card.md")
         run.set_tags({"medvit.registered_model": f"{config.registry.name}/{version.version}", "medvit.alias": alias})

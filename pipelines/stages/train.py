@@ -1,6 +1,7 @@
 """Train: the ViT on the manifest's train split, validated each epoch, checkpointed atomically, resumable.
 
-Reads ``OUTPUT/manifest.parquet`` (from ingest). Writes ``OUTPUT/train/last.safetensors`` (full training
+Reads ``OUTPUT/manifest.parquet`` (from ingest). With ``train.plan: auto`` the keys the config leaves unset
+come from the dataset's plan (``OUTPUT/plan.json``). Writes ``OUTPUT/train/last.safetensors`` (full training
 state, every epoch), ``OUTPUT/train/best.safetensors`` (weights of the best validation AUROC, with the
 model's constructor arguments) and ``OUTPUT/train/summary.json``. Runs under torchrun as DDP.
 """
@@ -24,11 +25,12 @@ from tqdm import tqdm
 
 from medvit import VisionTransformer, resample_pos_embed
 
-from .. import engine, recipes
+from .. import engine, planning, recipes
 from ..checkpoint import load_state, save_state
 from ..config import ConfigError, PipelineConfig
 from ..data import build_dataset
-from ..manifest import read_manifest
+from ..early_stopping import EarlyStopping
+from ..manifest import load_manifest, manifest_path
 from ..modeling import build_model, input_size, is_vit, model_kwargs, param_groups, save_model
 from ..splits import UNLABELLED
 from ..tracking import stage_run
@@ -42,6 +44,7 @@ class TrainResult:
     best_epoch: int
     best_val_auroc: float
     epochs_run: int
+    steps_run: int
     stopped_early: bool
     run_id: str | None
     history: list[dict[str, float]]
@@ -52,14 +55,12 @@ def train_dir(config: PipelineConfig) -> Path:
 
 
 def load_splits(config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    path = config.output.dir / "manifest.parquet"
-    if not path.is_file():
-        raise ConfigError(f"no manifest at '{path}': run `medvit ingest --config ...` first")
-    manifest = read_manifest(path)
+    manifest = load_manifest(config)
     labelled = manifest[manifest["label"].notna()]
     train, val = labelled[labelled["split"] == "train"], labelled[labelled["split"] == "val"]
     if train.empty or train["label"].nunique() < 2:
-        raise ConfigError(f"the train split of '{path}' needs normal and abnormal studies: label more studies")
+        raise ConfigError(f"the train split of '{manifest_path(config)}' needs normal and abnormal studies: "
+                          "label more studies")
     return manifest, train, val
 
 
@@ -96,14 +97,19 @@ def val_metrics(model: nn.Module, loader: Any, loss_fn: nn.Module, device: torch
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, epoch_steps: list[int], warmup_epochs: float,
-                   eta_min: float) -> Any:
-    """Linear warmup then cosine decay to ``eta_min``, stepped once per optimizer step.
+                   eta_min: float, warmup_steps: int | None = None) -> Any:
+    """Linear warmup then cosine decay to ``eta_min`` over ``sum(epoch_steps)``, stepped once per optimizer step.
 
-    ``epoch_steps``: optimizer steps of each epoch (they differ when the batch size changes with the image size).
+    ``epoch_steps``: optimizer steps of each epoch (they differ when the batch size changes with the image size);
+    ``warmup_steps``, when given, replaces ``warmup_epochs``.
     """
     total = sum(epoch_steps)
-    whole = int(warmup_epochs)
-    warmup = sum(epoch_steps[:whole]) + (warmup_epochs - whole) * (epoch_steps[whole] if whole < len(epoch_steps) else 0)
+    if warmup_steps is None:
+        whole = int(warmup_epochs)
+        partial = epoch_steps[whole] if whole < len(epoch_steps) else 0
+        warmup = sum(epoch_steps[:whole]) + (warmup_epochs - whole) * partial
+    else:
+        warmup = warmup_steps
     warmup = min(int(round(warmup)), total - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=eta_min)
     if warmup <= 0:
@@ -144,7 +150,8 @@ class Trainer:
             self.module.set_grad_checkpointing(config.model.grad_checkpointing)
         self.teacher = recipes.load_teacher(config, device) if config.train.distill is not None else None
         self.full_size = tuple(input_size(config))
-        self.sizes = recipes.epoch_sizes(config)
+        self.sizes, epoch_steps = self._epoch_plan()
+        self.n_epochs, self.budget = len(self.sizes), sum(epoch_steps)
         recipes.check_patch_fit(self.module, self.sizes)
         self._wrap()
         self.amp = engine.resolve_amp(config.train.amp, device)
@@ -153,13 +160,35 @@ class Trainer:
         groups = (recipes.layer_decay_groups(self.module, t.weight_decay, t.lr, t.layer_decay) if t.layer_decay
                   else param_groups(self.module, t.weight_decay))
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
-        epoch_steps = [engine.steps_per_epoch(self._n_batches(recipes.epoch_batch_size(config, size)), t.accumulate)
-                       for size in self.sizes]
-        self.scheduler = make_scheduler(self.optimizer, epoch_steps, t.warmup_epochs, t.min_lr)
+        self.scheduler = make_scheduler(self.optimizer, epoch_steps, t.warmup_epochs, t.min_lr, t.warmup_steps)
         self.epoch, self.step = 0, 0
-        self.best_auroc, self.best_epoch, self.bad_epochs = -math.inf, -1, 0
+        self.best_auroc, self.best_epoch = -math.inf, -1
+        self.stopper = EarlyStopping(t)
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None
+
+    def _epoch_plan(self) -> tuple[list[tuple[int, ...]], list[int]]:
+        """Input size and optimizer steps of every epoch. With ``train.steps``: as many epochs as that budget
+        needs, the last one cut short, so the steps add up to it exactly."""
+        config, t = self.config, self.config.train
+
+        def steps_at(size: tuple[int, ...]) -> int:
+            return engine.steps_per_epoch(self._n_batches(recipes.epoch_batch_size(config, size)), t.accumulate)
+
+        if t.steps is None:
+            sizes = recipes.epoch_sizes(config)
+            return sizes, [steps_at(size) for size in sizes]
+        staged = sum(stage.epochs for stage in t.progressive or [])
+        sizes, steps = [], []
+        for size in recipes.epoch_sizes(config, staged + math.ceil(t.steps / steps_at(self.full_size))):
+            if sum(steps) >= t.steps:
+                break
+            sizes.append(size)
+            steps.append(min(steps_at(size), t.steps - sum(steps)))
+        if len(sizes) <= staged and staged:
+            raise ConfigError(f"train.steps={t.steps} ends within the train.progressive stages: raise train.steps "
+                              "or shorten the stages (the last epochs must run at the full size)")
+        return sizes, steps
 
     def _drop_last(self, batch_size: int) -> bool:
         """Drop a last batch of one image for CNNs: BatchNorm cannot train on it (ViTs keep every batch)."""
@@ -209,7 +238,7 @@ class Trainer:
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": engine.rng_state(), "epoch": self.epoch, "step": self.step, "history": self.history,
-            "best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "early_stopping": self.stopper.state(),
             "run_id": self.run_id, "model_kwargs": json.dumps(self.kwargs),
             "img_size": json.dumps(list(getattr(self.module, "img_size", self.full_size))),
         }
@@ -228,7 +257,9 @@ class Trainer:
         engine.set_rng_state(state["rng"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.best_auroc, self.best_epoch = state["best_auroc"], state["best_epoch"]
-        self.bad_epochs, self.run_id = state["bad_epochs"], state["run_id"]
+        if "early_stopping" in state:  # older checkpoints: the patience count starts afresh
+            self.stopper.restore(state["early_stopping"])
+        self.run_id = state["run_id"]
 
     # ---- one epoch ----------------------------------------------------------------------------------
     def train_epoch(self, progress: bool) -> dict[str, float]:
@@ -243,7 +274,7 @@ class Trainer:
         self.model.train()
         total, count, seen = 0.0, 0, 0
         start = time.perf_counter()
-        bar = tqdm(total=len(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+        bar = tqdm(total=len(loader), desc=f"epoch {self.epoch + 1}/{self.n_epochs}", unit="batch",
                    disable=not (progress and self.info.is_main), leave=False)
         self.optimizer.zero_grad(set_to_none=True)
         for i, (images, labels, _) in enumerate(engine.batches(loader, self.device)):
@@ -261,6 +292,8 @@ class Trainer:
             seen += len(labels)
             bar.update(1)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            if self.step >= self.budget:  # train.steps: the last epoch ends at the budget
+                break
         bar.close()
         elapsed = time.perf_counter() - start
         return {"train_loss": engine.mean_across_ranks(total, count, self.info, self.device),
@@ -322,6 +355,10 @@ def run_train(config: PipelineConfig, *, resume: bool = False, progress: bool = 
 def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> TrainResult:
     device = engine.resolve_device(config.train.device, info)
     engine.set_deterministic(config.train.deterministic)
+    resolved = planning.resolve(config)
+    config = resolved.config
+    if resolved.record and info.is_main:
+        planning.write_plan(resolved.record, planning.plan_path(config))
     out = train_dir(config)
     last_path, best_path = out / "last.safetensors", out / "best.safetensors"
     trainer = Trainer(config, info, device)
@@ -336,18 +373,21 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
             run.log_manifest(trainer.manifest, manifest_digest(trainer.manifest), context="training")
             run.set_tags({"medvit.amp": str(trainer.amp).replace("torch.", ""), "medvit.device": device.type,
                           "medvit.world_size": str(info.world_size),
-                          "medvit.distill_unlabelled_series": str(trainer.n_unlabelled)})
-        while trainer.epoch < config.train.epochs:
+                          "medvit.distill_unlabelled_series": str(trainer.n_unlabelled),
+                          "medvit.plan": config.train.plan})
+            if resolved.record:
+                run.log_params(planning.plan_params(resolved.record))
+                run.log_artifact(planning.plan_path(config))
+        while trainer.epoch < trainer.n_epochs:
             metrics = {**trainer.train_epoch(progress), **trainer.validate()}
             trainer.epoch += 1
             trainer.history.append({"epoch": trainer.epoch, **metrics})
             saves = []
             if improved(trainer, metrics):
                 trainer.best_auroc = metrics["val_auroc"] if not math.isnan(metrics["val_auroc"]) else trainer.best_auroc
-                trainer.best_epoch, trainer.bad_epochs = trainer.epoch, 0
+                trainer.best_epoch = trainer.epoch
                 saves.append(best_path)
-            else:
-                trainer.bad_epochs += 1
+            stop = trainer.stopper.update(metrics, trainer.step)
             if config.train.save_every and trainer.epoch % config.train.save_every == 0:
                 saves.append(epoch_path(out, trainer.epoch))
             if info.is_main and saves:
@@ -359,13 +399,12 @@ def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bo
                 save_state(last_path, trainer.state())
                 if progress:
                     print(f"epoch {trainer.epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            patience = config.train.early_stopping_patience
-            if patience and trainer.bad_epochs >= patience:
+            if stop:
                 stopped_early = True
                 break
         result = TrainResult(str(best_path), str(last_path), trainer.best_epoch,
                              trainer.best_auroc if trainer.best_auroc > -math.inf else float("nan"),
-                             trainer.epoch, stopped_early, run.run_id, trainer.history)
+                             trainer.epoch, trainer.step, stopped_early, run.run_id, trainer.history)
         if info.is_main:  # paths relative to output.dir: no site path goes to MLflow
             summary = asdict(result) | {"best_path": "train/best.safetensors", "last_path": "train/last.safetensors"}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
