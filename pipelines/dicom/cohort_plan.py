@@ -142,7 +142,8 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
                 localizer_fraction: float = 0.2, multi_study_fraction: float = 0.3,
                 shuffle_instance_numbers: bool = True, base: str = "phantom") -> CohortPlan:
     """Decide patients, labels, dates, UIDs, photometric, localizers, slice order and encodings."""
-    key = f"medvit-synth|{sorted(locals().items())!r}"  # every argument: other arguments, other UIDs
+    arguments = {k: v for k, v in locals().items() if k != "base" or v != "phantom"}  # phantom UIDs as before
+    key = f"medvit-synth|{sorted(arguments.items())!r}"  # every argument: other arguments, other UIDs
     if kind not in ("xray", "mri"):
         raise ValueError(f"kind must be 'xray' or 'mri', not {kind!r}")
     if base not in ("phantom", "real"):

@@ -132,11 +132,11 @@ def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
         bits = int(rng.choice([10, 12, 14, 15, 16]))
         low, high = rng.uniform(0.01, 0.07) * (2**bits - 1), rng.uniform(0.8, 0.99) * (2**bits - 1)
     top = 4095 if plan.base == "phantom" else 2**bits - 1
-    body_part, view = "CHEST", ("PA", "AP")[int(rng.random() < 0.3)]
+    body_part, view = "CHEST", None
     if plan.base == "real":
         real = realbase.real_xray(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
         image, base = real.image, realbase.xray_base(real.base)
-        body_part, view = base.body_part, base.view if base.view != "PA" else view
+        body_part, view = base.body_part, None if base.view == "PA" else base.view
     else:
         image, _ = phantoms.chest_study(study_rngs(plan, study), rows, cols, study.abnormal, plan.difficulty)
     stored = np.rint(low + image * (high - low)).astype(np.uint16)
@@ -154,8 +154,9 @@ def xray_dataset(plan: CohortPlan, study: StudyPlan) -> Dataset:
         ds.ImagerPixelSpacing = spacing
     elif modality == "CR" or rng.random() < 0.5:
         ds.PixelSpacing = spacing
-    ds.ImageType, ds.BodyPartExamined, ds.ViewPosition = ["ORIGINAL", "PRIMARY"], body_part, view
-    ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"{body_part} {view}"
+    ds.ImageType, ds.BodyPartExamined = ["ORIGINAL", "PRIMARY"], body_part
+    ds.ViewPosition = view or ("PA", "AP")[int(rng.random() < 0.3)]
+    ds.PatientOrientation, ds.SeriesDescription = ["L", "F"], f"{body_part} {ds.ViewPosition}"
     ds.KVP = ds_str(rng.uniform(100, 125), 0)
     ds.SeriesInstanceUID = plan.uid("series", study.index, 1)
     ds.SOPInstanceUID = plan.uid("sop", study.index, 1, 1)
