@@ -70,15 +70,18 @@ DISTILLED = ("distill", "mae_distill", "distill_pool", "mae_distill_pool")  # ne
 FROM_MAE = ("mae", "mae_distill", "mae_distill_pool")
 
 
-def cohort(folder: Path, kind: str, studies: int, seed: int, size: int, difficulty: float) -> Path:
-    """Write (or reuse) a synthetic cohort with exactly these parameters."""
+def cohort(folder: Path, kind: str, studies: int, seed: int, size: int | None, difficulty: float,
+           base: str = "phantom") -> Path:
+    """Write (or reuse) a synthetic cohort with exactly these parameters (``size`` None: the generator's)."""
     spec = {"kind": kind, "studies": studies, "seed": seed, "size": size, "difficulty": difficulty}
+    spec |= {"base": base} if base != "phantom" else {}
     stamp = folder / "bench_spec.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    extra = {"image_size": size} if kind == "xray" else {"image_size": size, "slices": max(16, size // 2)}
-    write_cohort(folder, kind, studies, seed=seed, difficulty=difficulty, **extra)
+    extra = {} if size is None else {"image_size": size} if kind == "xray" else {"image_size": size,
+                                                                                 "slices": max(16, size // 2)}
+    write_cohort(folder, kind, studies, seed=seed, difficulty=difficulty, base=base, **extra)
     stamp.write_text(json.dumps(spec))
     return folder
 
@@ -150,6 +153,9 @@ def main() -> None:
     parser.add_argument("--test-studies", type=int, default=400)
     parser.add_argument("--size", type=int, default=None, help="synthetic image size (default: 2x the model input)")
     parser.add_argument("--difficulty", type=float, default=0.5)
+    parser.add_argument("--base", choices=["phantom", "real"], default="phantom",
+                        help="real: cohorts on real anatomy (medvit synth --base real), at the generator's image size")
+    parser.add_argument("--seed-offset", type=int, default=0, help="cohort seeds: pool = offset, test = offset + 1")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=40)
     parser.add_argument("--cnn", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
@@ -174,14 +180,14 @@ def main() -> None:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     curve_rows = {r.strip() for r in args.curves.split(",") if r.strip()}
-    out = args.out / args.kind
+    out = args.out / (args.kind if args.base == "phantom" else f"{args.kind}-real")
     out.mkdir(parents=True, exist_ok=True)
 
     probe = load_config(base, [f"data.dicom_root={out}", *args.set])
-    size = args.size or 2 * max(input_size(probe))
+    size = args.size or (2 * max(input_size(probe)) if args.base == "phantom" else None)
     t0 = time.perf_counter()
-    pool = cohort(out / "pool", args.kind, args.studies, 0, size, args.difficulty)
-    test = cohort(out / "test", args.kind, args.test_studies, 1, size, args.difficulty)
+    pool = cohort(out / "pool", args.kind, args.studies, args.seed_offset, size, args.difficulty, args.base)
+    test = cohort(out / "test", args.kind, args.test_studies, args.seed_offset + 1, size, args.difficulty, args.base)
     subset = labelled_subset(pd.read_csv(pool / "labels.csv"), args.labelled, seed=0)
     subset.to_csv(out / "labels_subset.csv", index=False)
     print(f"cohorts ready in {time.perf_counter() - t0:.0f} s: pool {args.studies} ({len(subset)} labelled), "

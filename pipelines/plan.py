@@ -29,6 +29,8 @@ class Heuristics:
     # X-ray input: the median shorter image side picks the resolution
     xray_large_side: int = 256              # median side >= this -> xray_img_size[1], else xray_img_size[0]
     xray_img_size: tuple[int, int] = (64, 128)
+    xray_cpu_img_size: int = 64             # without a GPU: 128 px costs ~4x per step (docs/benchmarks.md)
+    loader_workers_min_cores: int = 3       # on fewer cores, in-process loading of cached tensors is faster
     xray_patch: tuple[tuple[int, int], ...] = ((64, 8), (128, 16))  # (up to this img side, patch); larger: last
     # MRI input: a fixed grid; the spacing makes the median field of view fit it
     mri_img_size: tuple[int, int, int] = (64, 64, 64)
@@ -127,6 +129,16 @@ def fingerprint(manifest: pd.DataFrame, kind: str) -> dict[str, Any]:
     return fp
 
 
+def machine_fingerprint(device: str = "auto") -> dict[str, Any]:
+    """What the plan needs of the machine it trains on: an accelerator or not, and the CPU cores."""
+    import os
+
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    return {"accelerator": "cuda" if cuda else "cpu", "cpu_cores": os.cpu_count() or 1}
+
+
 def _median_int(values: pd.Series) -> int | None:
     return int(round(float(values.median()))) if len(values) else None
 
@@ -156,8 +168,10 @@ def make_plan(fp: dict[str, Any], kind: str, given: dict[str, Any] | None = None
     if kind == "xray":
         side = min(fp["median_rows"] or 0, fp["median_cols"] or 0)
         size = h.xray_img_size[1] if side >= h.xray_large_side else h.xray_img_size[0]
-        put("preprocess.xray.img_size", size,
-            f"median image side {side} px {'>=' if side >= h.xray_large_side else '<'} {h.xray_large_side}")
+        reason = f"median image side {side} px {'>=' if side >= h.xray_large_side else '<'} {h.xray_large_side}"
+        if fp.get("accelerator", "cpu") == "cpu" and size > h.xray_cpu_img_size:
+            size, reason = h.xray_cpu_img_size, reason + f", but no GPU: {h.xray_cpu_img_size} px keeps a run in minutes"
+        put("preprocess.xray.img_size", size, reason)
         size = given.get("preprocess.xray.img_size", size)
         preferred = next((p for limit, p in h.xray_patch if size <= limit), h.xray_patch[-1][1])
         grid: tuple[int, ...] = (size, size)
@@ -200,6 +214,10 @@ def make_plan(fp: dict[str, Any], kind: str, given: dict[str, Any] | None = None
     put("train.min_steps", round(fraction * steps), f"{fraction:.0%} of {steps} steps" + (
         ": the validation split is too small to stop on early" if small_val else " before early stopping may stop"))
     put("train.early_stopping_patience", h.patience, "validations without a better smoothed criterion")
+    cores = int(fp.get("cpu_cores", 1))
+    workers = 0 if cores < h.loader_workers_min_cores else min(8, cores - 1)
+    put("train.num_workers", workers, f"{cores} CPU cores: " + (
+        "in-process loading of cached tensors beats worker processes" if workers == 0 else "one loader per spare core"))
 
     # augmentation
     level = next((name for limit, name in h.augment_by_series if n_train < limit), h.augment_default)

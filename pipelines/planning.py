@@ -16,7 +16,7 @@ import pandas as pd
 from .checkpoint import atomic_write
 from .config import PipelineConfig, explicit_keys, get_key
 from .manifest import load_manifest, manifest_path
-from .plan import apply_plan, fingerprint, make_plan, plan_inputs, split_plan
+from .plan import apply_plan, fingerprint, machine_fingerprint, make_plan, plan_inputs, split_plan
 
 PLAN_FILE = "plan.json"
 
@@ -34,7 +34,7 @@ def plan_path(config: PipelineConfig) -> Path:
 def plan_record(config: PipelineConfig, manifest: pd.DataFrame) -> tuple[PipelineConfig, dict[str, Any]]:
     """(the config with the plan applied, the record): fingerprint, plan, reasons, what the user overrode."""
     kind = config.data.kind
-    fp = fingerprint(manifest, kind)
+    fp = fingerprint(manifest, kind) | machine_fingerprint(config.train.device)
     plan = make_plan(fp, kind, given=plan_inputs(config))
     applied, overridden, kept = split_plan(plan.values, explicit_keys(config))
     effective = apply_plan(config, plan)

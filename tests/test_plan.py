@@ -25,7 +25,8 @@ from pipelines.stages.train import run_train
 
 # A large, balanced X-ray dataset; the tests change one thing at a time.
 BIG = {"n_train": 2000, "n_val": 400, "n_test": 400, "n_unlabelled": 0, "abnormal_fraction": 0.5,
-       "val_minority": 200, "median_rows": 2048, "median_cols": 2048, "median_spacing": [0.15, 0.15]}
+       "val_minority": 200, "median_rows": 2048, "median_cols": 2048, "median_spacing": [0.15, 0.15],
+       "accelerator": "cuda", "cpu_cores": 16}
 
 # A value unlike the plan's for every key it plans (a new planned key must be added here).
 OVERRIDES = {
@@ -33,7 +34,7 @@ OVERRIDES = {
     "model.embed_dim": 64, "model.depth": 3, "model.num_heads": 4, "model.drop_path_rate": 0.2,
     "model.global_pool": "token", "model.stem_norm": "group", "train.batch_size": 7, "train.lr": 0.01,
     "train.weight_decay": 0.1, "train.steps": 11, "train.warmup_steps": 2, "train.min_steps": 5,
-    "train.early_stopping_patience": 3, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
+    "train.early_stopping_patience": 3, "train.num_workers": 1, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
     "augment.translate": 0.01, "augment.noise_std": 0.001,
 }
 
@@ -84,6 +85,10 @@ def test_different_fingerprints_plan_the_expected_differences():
     assert big["train.batch_size"] == 32 and big["train.lr"] == 5e-4
     assert big["train.steps"] == 3000 and big["train.warmup_steps"] == 150 and big["train.min_steps"] == 1200
     assert make_plan(BIG, "xray").notes == []
+
+    cpu = make_plan(BIG | {"accelerator": "cpu", "cpu_cores": 2}, "xray")
+    assert cpu.values["preprocess.xray.img_size"] == 64 and "no GPU" in cpu.reasons["preprocess.xray.img_size"]
+    assert cpu.values["train.num_workers"] == 0 and big["train.num_workers"] == 8
 
     small_images = make_plan(BIG | {"median_rows": 200, "median_cols": 180}, "xray").values
     assert small_images["preprocess.xray.img_size"] == 64 and small_images["model.patch_size"] == 8
