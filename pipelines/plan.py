@@ -34,6 +34,8 @@ class Heuristics:
     xray_patch: tuple[tuple[int, int], ...] = ((64, 8), (128, 16))  # (up to this img side, patch); larger: last
     # MRI input: a fixed grid; the spacing makes the median field of view fit it
     mri_img_size: tuple[int, int, int] = (64, 64, 64)
+    mri_cpu_img_size: tuple[int, int, int] = (48, 48, 48)  # without a GPU: 3D steps cost ~(64/48)^3 = 2.4x more
+    mri_max_fov_mm: float = 192.0           # a head fits this box: a wider field of view is air, cropped away
     mri_spacing_step: float = 0.5           # mm: spacing rounded up to this step
     mri_min_spacing: float = 1.0            # mm
     mri_fallback_spacing: float = 2.0       # mm, when the headers carry no spacing
@@ -176,8 +178,10 @@ def make_plan(fp: dict[str, Any], kind: str, given: dict[str, Any] | None = None
         preferred = next((p for limit, p in h.xray_patch if size <= limit), h.xray_patch[-1][1])
         grid: tuple[int, ...] = (size, size)
     else:
-        grid = tuple(h.mri_img_size)
-        put("preprocess.mri.img_size", list(grid), "a fixed 3D grid the small 3D ViT trains on within memory")
+        cpu = fp.get("accelerator", "cpu") == "cpu"
+        grid = tuple(h.mri_cpu_img_size if cpu else h.mri_img_size)
+        put("preprocess.mri.img_size", list(grid), "a fixed 3D grid the small 3D ViT trains on within memory"
+            + (" (smaller without a GPU)" if cpu else ""))
         grid = tuple(given.get("preprocess.mri.img_size", grid))
         put("preprocess.mri.spacing", *_mri_spacing(fp, grid, h))
         preferred = h.mri_patch
@@ -241,8 +245,10 @@ def _mri_spacing(fp: dict[str, Any], grid: tuple[int, ...], h: Heuristics) -> tu
         return [h.mri_fallback_spacing] * 3, "the headers give no 3D spacing: a common brain MRI spacing"
     fov = (fp["median_cols"] * spacing[1], fp["median_rows"] * spacing[0], fp["median_slices"] * spacing[2])
     step = h.mri_spacing_step
-    out = [max(h.mri_min_spacing, math.ceil(f / g / step - 1e-9) * step) for f, g in zip(fov, grid, strict=True)]
-    return out, f"median field of view {' x '.join(f'{f:.0f}' for f in fov)} mm fits the grid (axial assumed)"
+    box = [min(f, h.mri_max_fov_mm) for f in fov]
+    out = [max(h.mri_min_spacing, math.ceil(f / g / step - 1e-9) * step) for f, g in zip(box, grid, strict=True)]
+    return out, (f"median field of view {' x '.join(f'{f:.0f}' for f in fov)} mm (axial assumed), at most "
+                 f"{h.mri_max_fov_mm:.0f} mm (the head) fits the grid")
 
 
 # ---- applying it ------------------------------------------------------------------------------------------

@@ -108,8 +108,11 @@ def test_different_fingerprints_plan_the_expected_differences():
 
     mri = make_plan({**BIG, "median_rows": 256, "median_cols": 256, "median_slices": 40,
                      "median_spacing": [1.0, 1.0, 4.0]}, "mri").values
-    assert mri["preprocess.mri.img_size"] == [64, 64, 64] and mri["preprocess.mri.spacing"] == [4.0, 4.0, 2.5]
+    assert mri["preprocess.mri.img_size"] == [64, 64, 64] and mri["preprocess.mri.spacing"] == [3.0, 3.0, 2.5]
     assert mri["model.preset"] == "vit3d_tiny" and mri["model.stem_norm"] == "group"
+    mri_cpu = make_plan({**BIG, "median_rows": 256, "median_cols": 256, "median_slices": 40, "accelerator": "cpu",
+                         "median_spacing": [1.0, 1.0, 4.0]}, "mri").values
+    assert mri_cpu["preprocess.mri.img_size"] == [48, 48, 48] and mri_cpu["preprocess.mri.spacing"] == [4.0, 4.0, 3.5]
 
 
 # ---- applying it: the user's keys win --------------------------------------------------------------------
