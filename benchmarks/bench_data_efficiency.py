@@ -146,7 +146,7 @@ def time_to(aurocs: list[float], seconds: list[float], target: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["xray", "mri"], default="xray")
-    parser.add_argument("--config", type=Path, default=None, help="default configs/demo_<kind>.yaml")
+    parser.add_argument("--config", type=Path, default=None, help="default configs/xray_tiny_hybrid.yaml (X-ray), configs/demo_mri.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--labelled", type=int, default=100)
@@ -176,7 +176,7 @@ def main() -> None:
                         "of pretraining (e.g. an earlier OUT/<kind>/mae_pretrain/pretrain/encoder.safetensors)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench_cache" / "data_efficiency")
     args = parser.parse_args()
-    base = args.config or ROOT / "configs" / f"demo_{args.kind}.yaml"
+    base = args.config or ROOT / "configs" / ("xray_tiny_hybrid.yaml" if args.kind == "xray" else "demo_mri.yaml")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     curve_rows = {r.strip() for r in args.curves.split(",") if r.strip()}

@@ -12,7 +12,7 @@ from pipelines.config import ConfigError, dump_config, flatten, load_config
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["demo_xray.yaml", "demo_mri.yaml", "xray_vit_s16.yaml", "xray_hybrid.yaml", "mri_vit3d.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
     config = load_config(CONFIGS / name)
     assert config.data.kind in ("xray", "mri")
