@@ -309,8 +309,10 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
                        compressed_fraction=compressed_fraction, localizer_fraction=localizer_fraction,
                        multi_study_fraction=multi_study_fraction,
                        shuffle_instance_numbers=shuffle_instance_numbers, base=base)
-    if base == "real":
-        realbase.check_xray_bases() if kind == "xray" else realbase.available_mri_bases()
+    if base == "real" and kind == "xray":  # a missing base stops before anything is written
+        realbase.check_xray_bases()
+    elif base == "real":
+        realbase.available_mri_bases()
     root = prepare_output(out)
     n_series = n_files = 0
     for study in plan.studies:
