@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .checkpoint import atomic_write
-from .config import PipelineConfig, explicit_keys, get_key
+from .config import PipelineConfig, explicit_keys, get_key, with_values
 from .manifest import load_manifest, manifest_path
 from .plan import apply_plan, fingerprint, machine_fingerprint, make_plan, plan_inputs, split_plan
 
@@ -58,8 +58,16 @@ def resolve(config: PipelineConfig, manifest: pd.DataFrame | None = None) -> Res
 
 
 def planned_config(config: PipelineConfig) -> PipelineConfig:
-    """The effective config for stages after train (evaluate, register); unchanged without a manifest."""
-    if config.train.plan == "off" or not manifest_path(config).is_file():
+    """The effective config for stages after train (evaluate, register): the plan train recorded in plan.json
+    (the plan also reads the machine, so evaluating elsewhere must not re-plan), else the manifest's plan;
+    unchanged without either."""
+    if config.train.plan == "off":
+        return config
+    record = read_plan(config)
+    if record is not None:
+        apply, _, _ = split_plan(record["plan"], explicit_keys(config))
+        return with_values(config, apply)
+    if not manifest_path(config).is_file():
         return config
     return resolve(config).config
 

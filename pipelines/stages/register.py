@@ -113,8 +113,8 @@ def _plan_section(plan: dict | None) -> str:
     rows = "\n".join(f"| `{key}` | {value} | {source} |" for key, value, source, _ in plan_rows(plan))
     return f"""
 ## Training plan
-Keys the config left unset were planned from the dataset fingerprint (`train.plan: auto`; starting
-heuristics, not tuned on real data). Full record with reasons: `plan.json` of the train run.
+Keys the config left unset were planned from the dataset and machine fingerprint (`train.plan: auto`; mostly starting
+heuristics, see docs/benchmarks.md). Full record with reasons: `plan.json` of the train run.
 
 | key | value | source |
 | --- | --- | --- |
