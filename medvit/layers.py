@@ -87,12 +87,31 @@ def _stem_norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
     raise ValueError(f"stem_norm must be 'batch', 'instance' or 'group', got {kind!r}")
 
 
+class ResidualConvBlock(nn.Module):
+    """ResNet basic block at constant width: x + norm(conv(relu(norm(conv(x))))), then ReLU."""
+
+    def __init__(self, spatial_dims: int, channels: int, norm: str = "batch"):
+        super().__init__()
+        conv = conv_nd(spatial_dims)
+        self.conv1 = conv(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.norm1 = _stem_norm(norm, spatial_dims, channels)
+        self.conv2 = conv(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = _stem_norm(norm, spatial_dims, channels)
+        nn.init.zeros_(self.norm2.weight)  # starts as the identity (Goyal et al. 2017)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+        return F.relu(x + out)
+
+
 class ConvStem(nn.Module):
     """Hybrid stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better").
 
     A stack of 3x3 stride-2 convolutions with norm and ReLU, channels doubling each step, then a 1x1
     projection to ``embed_dim``. Total stride equals ``patch_size`` (each entry a power of two); an axis
     whose patch size is already reached keeps stride 1, so anisotropic 3D patches work too.
+    ``blocks_per_stage`` residual blocks after each strided convolution make it a ResNet-style stem (the
+    ViT paper's hybrid): more local, translation-equivariant computation before the tokens.
     """
 
     def __init__(
@@ -103,6 +122,7 @@ class ConvStem(nn.Module):
         patch_size: Sequence[int],
         channels: Sequence[int] | None = None,
         norm: str = "batch",
+        blocks_per_stage: int = 0,
     ):
         super().__init__()
         self.patch_size = tuple(patch_size)
@@ -126,6 +146,7 @@ class ConvStem(nn.Module):
                 _stem_norm(norm, spatial_dims, ch),
                 nn.ReLU(inplace=True),
             ]
+            layers += [ResidualConvBlock(spatial_dims, ch, norm) for _ in range(blocks_per_stage)]
             prev = ch
         self.stem = nn.Sequential(*layers)
         self.proj = conv(prev, embed_dim, kernel_size=1)

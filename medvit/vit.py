@@ -22,7 +22,9 @@ class VisionTransformer(nn.Module):
     """ViT classifier (Dosovitskiy et al. 2021) for ``spatial_dims`` 2 or 3.
 
     ``stem="conv"`` swaps the patchify convolution for the Xiao et al. (2021) convolutional stem.
-    ``pos_embed`` is ``"learned"`` or fixed ``"sincos"``; ``global_pool`` is ``"token"`` or ``"avg"``.
+    ``pos_embed`` is ``"learned"`` or fixed ``"sincos"``; ``global_pool`` is ``"token"``, ``"avg"`` or ``"max"``
+    (the per-channel maximum over patch tokens: a local finding in one token is not averaged away).
+    ``stem_depth`` residual blocks follow each strided convolution of the conv stem (0: Xiao et al.'s stem).
     ``attn_impl`` is ``"sdpa"`` (fused, default) or ``"explicit"``; both compute the same function.
     ``distilled=True`` adds the DeiT (Touvron et al. 2021) distillation token after the class token and a
     second head ``head_dist``: ``forward_distill`` returns both heads' logits (the class head is trained on
@@ -51,6 +53,7 @@ class VisionTransformer(nn.Module):
         stem: str = "patch",
         stem_channels: Sequence[int] | None = None,
         stem_norm: str = "batch",
+        stem_depth: int = 0,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -61,8 +64,8 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in ("token", "avg", "max"):
+            raise ValueError(f"global_pool must be 'token', 'avg' or 'max', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if distilled and not class_token:
@@ -84,7 +87,8 @@ class VisionTransformer(nn.Module):
         if stem == "patch":
             self.patch_embed = PatchEmbed(spatial_dims, in_chans, embed_dim, self.patch_size)
         elif stem == "conv":
-            self.patch_embed = ConvStem(spatial_dims, in_chans, embed_dim, self.patch_size, stem_channels, stem_norm)
+            self.patch_embed = ConvStem(spatial_dims, in_chans, embed_dim, self.patch_size, stem_channels, stem_norm,
+                                        stem_depth)
         else:
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -102,7 +106,7 @@ class VisionTransformer(nn.Module):
                   norm_eps, attn_impl)
             for dpr in drop_path_rates
         )
-        use_fc_norm = global_pool == "avg"
+        use_fc_norm = global_pool != "token"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
@@ -226,9 +230,13 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """The class head's features: the class token, or the mean of the patch tokens (then ``fc_norm``)."""
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
-        return self.head_drop(self.fc_norm(x))
+        """The class head's features: the class token, or the mean or maximum of the patch tokens (then
+        ``fc_norm``)."""
+        if self.global_pool == "token":
+            return self.head_drop(self.fc_norm(x[:, 0]))
+        patches = x[:, self.num_prefix_tokens:]
+        pooled = patches.mean(dim=1) if self.global_pool == "avg" else patches.amax(dim=1)
+        return self.head_drop(self.fc_norm(pooled))
 
     def _distill_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class-head features, distillation-token features); with ``avg`` pooling both pass ``fc_norm``."""

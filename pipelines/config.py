@@ -105,9 +105,11 @@ class ModelConfig(Section):
     depth: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
-    global_pool: Literal["token", "avg"] = "token"
+    global_pool: Literal["token", "avg", "max"] = "token"
     pos_embed: Literal["learned", "sincos"] = "learned"
     stem_norm: Literal["batch", "group", "instance"] = "batch"
+    stem_depth: int = Field(0, ge=0, le=4, description="hybrid only: residual conv blocks after each strided stem "
+                                                       "convolution (0: the plain Xiao et al. stem)")
     grad_checkpointing: bool = False
 
 

@@ -45,6 +45,8 @@ def model_kwargs(config: PipelineConfig) -> dict[str, Any]:
     kwargs.update(img_size=input_size(config), in_chans=1, num_classes=1, drop_path_rate=m.drop_path_rate,
                   global_pool=m.global_pool, pos_embed=m.pos_embed, stem="conv" if m.arch == "hybrid" else "patch",
                   stem_norm=m.stem_norm)
+    if m.arch == "hybrid" and m.stem_depth:
+        kwargs["stem_depth"] = m.stem_depth  # only when set: older packages rebuild unchanged
     for key in ("patch_size", "embed_dim", "depth", "num_heads"):
         if getattr(m, key) is not None:
             kwargs[key] = getattr(m, key)

@@ -81,11 +81,13 @@ HEURISTICS = Heuristics()
 # min_steps from the budget). ``train.accumulate`` is always an input (the effective batch).
 INPUT_KEYS = ("preprocess.xray.img_size", "preprocess.mri.img_size", "train.batch_size", "train.steps")
 
-# A planned key is also left alone when the user set a key it belongs with: the network is designed as a
-# whole (or taken from train.init's encoder), so is the augmentation strength, and a user who counts epochs
+# A planned key is also left alone when the user set a key it belongs with: the network's dimensions are
+# designed as a whole (or taken from train.init's encoder), so is the augmentation strength, and a user who counts epochs
 # owns the step budget.
-MODEL_SHAPE = ("model.arch", "model.preset", "model.patch_size", "model.embed_dim", "model.depth",
-               "model.num_heads", "model.global_pool", "model.stem_norm")
+MODEL_SHAPE = ("model.preset", "model.patch_size", "model.embed_dim", "model.depth", "model.num_heads")
+# Chosen on their own (a user who picks the plain ViT or max pooling still gets the planned dimensions), but
+# an encoder from train.init fixes them as it fixes the dimensions.
+MODEL_CHOICES = ("model.arch", "model.global_pool", "model.stem_norm", "model.stem_depth")
 AUGMENT = ("augment.enabled", "augment.prob", "augment.rotate_deg", "augment.scale", "augment.translate",
            "augment.noise_std")
 
@@ -96,6 +98,7 @@ def _group(keys: tuple[str, ...], *also: str) -> dict[str, tuple[str, ...]]:
 
 COUPLED: dict[str, tuple[str, ...]] = {
     **_group(MODEL_SHAPE, "train.init"),
+    **{key: ("train.init",) for key in MODEL_CHOICES},
     **_group(AUGMENT),
     "train.steps": ("train.epochs", "train.progressive"),
     "train.warmup_steps": ("train.epochs", "train.progressive", "train.warmup_epochs"),

@@ -94,7 +94,7 @@ def load_init(module: nn.Module, uri: str) -> dict[str, list[str]]:
     with tempfile.TemporaryDirectory(prefix="medvit-init-") as tmp:
         state = _read_encoder(fetch(uri, Path(tmp)), module)
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_KEYS)}
-    if module.global_pool == "avg":  # MAE's fine-tuning recipe: average the patch tokens, a fresh fc_norm
+    if module.global_pool != "token":  # MAE's fine-tuning recipe: pool the patch tokens, a fresh fc_norm
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(HEAD_KEYS) and k not in ALLOWED_NEW]

@@ -29,7 +29,8 @@ from conftest import cohort_config
 from pipelines.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = {"preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
+TINY_MODEL = {"arch": "vit", "preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+              "global_pool": "token"}  # each model choice explicit: the plan would pick them otherwise
 REGISTRY_NAME = "medvit_e2e"
 STAGES = ("ingest", "train", "evaluate", "register")
 

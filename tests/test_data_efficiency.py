@@ -36,7 +36,8 @@ PRETRAIN = {"epochs": 2, "batch_size": 8, "warmup_epochs": 0.5, "decoder_dim": 3
 
 
 def config_for(cohort: Path, out: Path, **sections):
-    base = {"model": {"preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8},
+    base = {"model": {"arch": "vit", "preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+                      "global_pool": "token"},
             "train": TRAIN, "pretrain": PRETRAIN, "evaluate": {"bootstrap": 50},
             "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}", "system_metrics": False}}
     for key, value in sections.items():

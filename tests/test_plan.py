@@ -137,8 +137,13 @@ def test_a_related_key_keeps_the_users_design(xray_cohort, ingested):
     config, record = resolved.config, resolved.record
     assert config.train.epochs == 3 and config.train.steps is None and config.train.min_steps == 0
     assert record["kept"]["train.steps"] == "train.epochs is set"
-    assert config.model.arch == "vit" and "model.arch" in record["kept"]  # the network is the user's
+    assert config.model.preset == "vit_small" and record["kept"]["model.patch_size"] == "model.depth is set"
+    assert config.model.arch == record["plan"]["model.arch"] == "hybrid"  # a choice of its own: still planned
     assert config.train.batch_size == record["plan"]["train.batch_size"]  # unrelated keys are still planned
+    plain_vit = resolve(load_config(path, ["model.arch=vit", "model.global_pool=max"])).config
+    assert plain_vit.model.arch == "vit" and plain_vit.model.global_pool == "max"  # the user's choices ...
+    assert plain_vit.model.patch_size == record["plan"]["model.patch_size"]  # ... in the planned dimensions
+    assert plain_vit.model.depth == record["plan"]["model.depth"]
     again = resolve(config)  # applying the plan to its own result changes nothing
     assert again.config == config and again.record == record
     augment = resolve(load_config(path, ["augment.rotate_deg=3"]))

@@ -22,7 +22,8 @@ from pipelines.modeling import load_model
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.train import Trainer, improved, run_train
 
-TINY_MODEL = {"preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8}
+TINY_MODEL = {"arch": "vit", "preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
+              "global_pool": "token"}  # each model choice explicit: the plan would pick them otherwise
 
 
 def tiny_config(cohort: Path, out: Path, **train):

@@ -8,6 +8,7 @@ from torch import nn
 
 import medvit
 from medvit import VisionTransformer, create_model
+from medvit.layers import ResidualConvBlock
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 3}
 
@@ -65,6 +66,24 @@ def test_conv_stem_is_stride_two_convs_then_1x1():
         tiny_vit(stem="conv", patch_size=12, img_size=48)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_residual_stem_adds_identity_initialised_blocks_per_stage(spatial_dims):
+    plain = tiny_vit(spatial_dims=spatial_dims, stem="conv", patch_size=8, stem_norm="group")
+    deep = tiny_vit(spatial_dims=spatial_dims, stem="conv", patch_size=8, stem_norm="group", stem_depth=2)
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    count = lambda m: sum(isinstance(x, conv) for x in m.patch_embed.modules())  # noqa: E731
+    assert count(deep) == count(plain) + 3 * 2 * 2  # 3 stages x 2 blocks x 2 convs
+    # the second norm of every block starts at zero: at initialisation the deep stem computes the plain one
+    strided = [m for m in deep.patch_embed.stem if not isinstance(m, ResidualConvBlock)]
+    for target, source in zip(strided, plain.patch_embed.stem, strict=True):
+        target.load_state_dict(source.state_dict())
+    deep.patch_embed.proj.load_state_dict(plain.patch_embed.proj.state_dict())
+    x = torch.randn(2, 1, *plain.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(deep.patch_embed(x), plain.patch_embed(x))
+    assert deep.config["stem_depth"] == 2 and deep(x).shape == (2, 3)
+
+
 def test_wrong_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="img_size"):
         tiny_vit()(torch.randn(1, 1, 40, 40))
@@ -92,6 +111,20 @@ def test_mean_pooling_and_sincos_position_embedding():
     assert "pos_embed" not in model.state_dict()  # fixed table: recomputed, never stored
     with pytest.raises(ValueError, match="class_token"):
         tiny_vit(global_pool="token", class_token=False)
+
+
+def test_max_pooling_reads_the_strongest_patch_token_only():
+    model = tiny_vit(global_pool="max", depth=0).eval()  # no blocks: the pooled tokens are the embeddings
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens = model.embed(x)
+        expected = model.head(model.fc_norm(tokens[:, 1:].amax(dim=1)))
+        torch.testing.assert_close(model(x), expected)
+        model.cls_token.fill_(1e4)  # the class token is not a patch: it cannot win the maximum
+        torch.testing.assert_close(model(x), expected)
+        hot = x.clone()
+        hot[:, :, :8, :8] += 50.0  # one bright patch moves the pooled features (a mean would dilute it 16x)
+        assert (model(hot) - expected).abs().max() > 0.1
 
 
 def test_sincos_table_is_distinct_per_position():

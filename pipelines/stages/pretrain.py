@@ -85,7 +85,7 @@ class Pretrainer:
         if info.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.mae, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=config.model.global_pool == "avg")
+                find_unused_parameters=config.model.global_pool != "token")
         self.amp = engine.resolve_amp(config.train.amp, device)
         self.scaler = engine.make_scaler(device, self.amp)
         self.optimizer = torch.optim.AdamW(param_groups(self.mae, pre.weight_decay), lr=pre.lr, betas=(0.9, 0.95))
