@@ -58,7 +58,8 @@ from pipelines.dicom.synth import write_cohort
 from pipelines.inference import aggregate_studies, score_items, series_items
 from pipelines.metrics import bootstrap_ci
 from pipelines.modeling import input_size, load_model
-from pipelines.stages.ingest import run_ingest, selection_rules
+from pipelines.scan_settings import selection_rules
+from pipelines.stages.ingest import run_ingest
 from pipelines.stages.pretrain import run_pretrain
 from pipelines.stages.register import packaged_config
 from pipelines.stages.train import epoch_path, run_train, train_dir

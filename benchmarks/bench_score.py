@@ -60,8 +60,8 @@ from pipelines.dicom.scan import Series, scan
 from pipelines.dicom.synth import MARKER, write_cohort
 from pipelines.model_package import LoadedModel, load_packaged_model
 from pipelines.modeling import build_model, model_kwargs, save_model
+from pipelines.scan_settings import selection_rules
 from pipelines.score_outputs import ScoreOutputs
-from pipelines.stages.ingest import selection_rules
 from pipelines.stages.register import packaged_config
 from pipelines.stages.score import ScoreOptions, SeriesDataset, auto_workers, collate, run_score
 

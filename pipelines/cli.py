@@ -102,6 +102,7 @@ def ingest_command(config_path: Path, overrides: tuple[str, ...]) -> None:
     config = _load(config_path, overrides)
     result = run_ingest(config, progress=True)
     rejected = [Rejected(**row) for row in result.errors.to_dict("records")]
+    _echo_errors(result.errors)
     splits = result.manifest["split"].value_counts().to_dict()
     click.echo(summary_table(f"ingest {config.name}", [
         ("files scanned", result.n_files),

@@ -32,6 +32,24 @@ class SelectionConfig(Section):
     allow_color: bool = False
 
 
+class LimitsConfig(Section):
+    """Bounds on what one DICOM file may cost a process; a file over one is rejected as ``too_large``
+    before the costly step, so a crafted file (a deflate bomb, a header claiming gigapixels) cannot exhaust
+    memory. The defaults keep one decode under about 1 GiB and admit any real CR/DX or MR file."""
+
+    max_inflated_bytes: int = Field(
+        256 << 20, ge=1 << 20, description="a Deflated Explicit VR Little Endian data set is measured by "
+                                          "inflating it chunk by chunk before it is read: more than this many "
+                                          "bytes once inflated -> too_large (default 256 MiB)")
+    max_pixel_bytes: int = Field(
+        128 << 20, ge=1 << 20, description="Rows x Columns x frames x samples x BitsAllocated / 8 of one file, "
+                                          "checked from the header before any pixel is decoded; decoding takes "
+                                          "about 8x this in memory (default 128 MiB: e.g. 8192 x 8192 at 16 bits)")
+    max_element_bytes: int = Field(
+        128 << 20, ge=1 << 20, description="declared length of any header element or of the pixel data "
+                                          "(compressed: all fragments) (default 128 MiB)")
+
+
 class DataConfig(Section):
     dicom_root: Path
     labels: Path | None = None
@@ -40,6 +58,7 @@ class DataConfig(Section):
     label_column: str = "label"
     workers: int = Field(2, ge=0, description="parallel header-scan workers; 0 = sequential")
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 class XrayPreprocess(Section):

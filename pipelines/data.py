@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from .checkpoint import atomic_write
 from .config import PipelineConfig
 from .dicom.read import DicomSeriesReader
+from .scan_settings import scan_limits
 
 IMAGE = "image"
 LABEL = "label"
@@ -99,7 +100,8 @@ class LoadDicomd(MapTransform):
 def deterministic_transforms(config: PipelineConfig) -> Compose:
     """Load + preprocess: the part that is the same every epoch and therefore cached."""
     pre = config.preprocess
-    load = LoadDicomd(IMAGE, DicomSeriesReader(voi_window=pre.xray.voi_window, color=pre.xray.color))
+    load = LoadDicomd(IMAGE, DicomSeriesReader(voi_window=pre.xray.voi_window, color=pre.xray.color,
+                                               limits=scan_limits(config)))
     if config.data.kind == "xray":
         size = pre.xray.img_size
         low, high = pre.xray.percentiles

@@ -90,9 +90,10 @@ def load_manifest(config: PipelineConfig) -> pd.DataFrame:
 
 
 def write_errors(rejected: Iterable[Rejected], path: Path) -> pd.DataFrame:
-    """``errors.csv`` (path, reason_code, message), written atomically."""
-    frame = pd.DataFrame([r.as_row() for r in rejected], columns=ERROR_COLUMNS)
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    """``errors.csv`` (path, reason_code, message), written atomically; a path that is not valid UTF-8 keeps
+    its raw bytes (``surrogateescape``: read it back with ``encoding_errors="surrogateescape"``)."""
+    frame = pd.DataFrame([r.as_row() for r in rejected], columns=ERROR_COLUMNS, dtype=object)  # not Arrow: see above
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, errors="surrogateescape"))
     return frame
 
 

@@ -11,7 +11,7 @@ import torch
 from .config import PipelineConfig, validate_config
 from .data import IMAGE, deterministic_transforms
 from .dicom.scan import ScanResult, Series, scan
-from .stages.ingest import selection_rules
+from .scan_settings import selection_rules
 
 
 def montage(volume: np.ndarray, n_slices: int = 16) -> np.ndarray:

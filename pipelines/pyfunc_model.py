@@ -37,7 +37,7 @@ class MedvitModel(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from pipelines.dicom.scan import scan
         from pipelines.inference import aggregate_studies, score_items, series_items
-        from pipelines.stages.ingest import selection_rules
+        from pipelines.scan_settings import selection_rules
 
         paths = [str(p) for p in model_input["path"]]
         scanned = scan(paths, selection_rules(self.config))

@@ -5,6 +5,12 @@ row), flushed as they finish. A study counts as scored once its study row is com
 kill is truncated away on the next start, and series rows without their study row are dropped. At the end
 the previous final files and the partial rows are merged (one row per study, per series, per error) and each
 final file is replaced by rename, so a reader sees the old file or the new one, never half of one.
+
+``series_scores.csv`` has one row per scored image: an X-ray (or multi-frame file) is keyed by its
+``SOPInstanceUID`` as well as its series, and ``copy`` (1, 2, ...) tells apart files of one study that
+repeat the same UIDs. Paths in ``errors.csv`` are written losslessly: a file name that is not valid UTF-8
+keeps its raw bytes (Python's ``surrogateescape``), so the CSV is UTF-8 except in exactly those names; read
+it with ``pd.read_csv(..., dtype=object, encoding_errors="surrogateescape")`` and ``os.fsencode(path)`` gives the bytes.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from .checkpoint import atomic_write
 
 STUDY_COLUMNS = ["StudyInstanceUID", "score", "prediction", "threshold", "model", "model_sha256", "n_series",
                  "scored_at"]
-SERIES_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "score", "modality", "n_files", "model",
-                  "model_sha256"]
+SERIES_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "copy", "score", "modality", "n_files",
+                  "model", "model_sha256"]
 ERROR_COLUMNS = ["path", "reason_code", "message"]
 FILES = {"scores": STUDY_COLUMNS, "series_scores": SERIES_COLUMNS, "errors": ERROR_COLUMNS}
-KEYS = {"scores": ["StudyInstanceUID"], "series_scores": ["SeriesInstanceUID"], "errors": ["path", "reason_code"]}
+KEYS = {"scores": ["StudyInstanceUID"], "series_scores": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "copy"],
+        "errors": ["path", "reason_code"]}
+ENCODING_ERRORS = "surrogateescape"  # file names that are not UTF-8 keep their bytes (see the module docstring)
 PARTIAL = ".partial"
 SHARDS = "shards"
 
@@ -43,15 +51,26 @@ def _complete_lines(path: Path) -> None:
 
 
 def read_rows(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    """A CSV of ours as strings (missing file: empty frame with ``columns``)."""
+    """A CSV of ours as strings (missing file: empty frame with ``columns``; a column an older version did not
+    write: empty strings). Python strings (dtype object), since Arrow strings cannot hold a path that is not
+    valid UTF-8."""
     if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame({c: pd.Series(dtype=str) for c in columns})
-    return pd.read_csv(path, dtype=str, keep_default_na=False)[list(columns)]
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = pd.read_csv(path, dtype=object, keep_default_na=False, encoding_errors=ENCODING_ERRORS)
+    return frame.reindex(columns=list(columns), fill_value="")
 
 
 def dedupe(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per key (the last one), sorted by key."""
-    return frame.drop_duplicates(keys, keep="last").sort_values(keys, kind="stable").reset_index(drop=True)
+    kept = frame.drop_duplicates(keys, keep="last")
+    rows = list(zip(*(kept[k].map(_utf8_order) for k in keys), strict=True))
+    order = sorted(range(len(kept)), key=rows.__getitem__)  # stable; pandas would turn paths into Arrow text
+    return kept.iloc[order].reset_index(drop=True)
+
+
+def _utf8_order(value: object) -> object:
+    """Text as its (surrogateescape) UTF-8 bytes: code point order, and sortable when a path is not UTF-8."""
+    return value.encode("utf-8", ENCODING_ERRORS) if isinstance(value, str) else value
 
 
 class _Appender:
@@ -60,7 +79,7 @@ class _Appender:
     def __init__(self, path: Path, columns: Sequence[str]):
         _complete_lines(path)
         new = not path.is_file() or path.stat().st_size == 0
-        self.handle = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.handle = open(path, "a", newline="", encoding="utf-8", errors=ENCODING_ERRORS)  # noqa: SIM115 - closed by close()
         self.writer = csv.DictWriter(self.handle, fieldnames=list(columns), lineterminator="\n")
         if new:
             self.writer.writeheader()
@@ -128,7 +147,7 @@ class ScoreOutputs:
         done = dict(zip(scores["StudyInstanceUID"], scores["model_sha256"], strict=True))
         series = self.previous("series_scores")
         series = series[series["StudyInstanceUID"].map(done).eq(series["model_sha256"])]
-        errors = pd.concat([scan_errors.astype(str), old_errors[old_errors["path"].isin(carried_error_paths)],
+        errors = pd.concat([scan_errors.astype(object), old_errors[old_errors["path"].isin(carried_error_paths)],
                             read_rows(self.partial / "errors.csv", ERROR_COLUMNS)], ignore_index=True)
         return {"scores": scores, "series_scores": dedupe(series, KEYS["series_scores"]),
                 "errors": dedupe(errors, KEYS["errors"])}
@@ -147,7 +166,8 @@ class ScoreOutputs:
 def publish(folder: Path, frames: Mapping[str, pd.DataFrame], summary: dict[str, Any], parquet: bool) -> None:
     """Write every final file by atomic rename; ``summary.json`` last (its presence means complete)."""
     for name, frame in frames.items():
-        atomic_write(folder / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False, lineterminator="\n"))
+        atomic_write(folder / f"{name}.csv", lambda tmp, f=frame: f.to_csv(tmp, index=False, lineterminator="\n",
+                                                                          errors=ENCODING_ERRORS))
         if parquet and name != "errors":
             atomic_write(folder / f"{name}.parquet", lambda tmp, f=frame: typed(f).to_parquet(tmp, index=False))
     atomic_write(folder / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
@@ -159,7 +179,7 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("score", "threshold"):
         if column in out:
             out[column] = out[column].astype(float)
-    for column in ("n_series", "n_files"):
+    for column in ("n_series", "n_files", "copy"):
         if column in out:
             out[column] = out[column].astype(int)
     return out

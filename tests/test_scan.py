@@ -288,8 +288,8 @@ class CountingWorker(HeaderWorker):
 
     started: list[CountingWorker] = []
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, *args):
+        super().__init__(*args)
         self.chunks = 0
         CountingWorker.started.append(self)
 
@@ -337,7 +337,7 @@ def test_parallel_scan_survives_failing_workers(tmp_path, monkeypatch):
         dying = scan([tmp_path], workers=2, parallel_min_files=1)
     assert dying.series == sequential.series and len(dying.series) == 2 and dying.n_files == 40
 
-    def cannot_start():
+    def cannot_start(*_args):
         raise OSError("no processes here")
 
     monkeypatch.setattr(scan_module, "HeaderWorker", cannot_start)

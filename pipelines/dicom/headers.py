@@ -1,7 +1,15 @@
 """Header-only reading of one DICOM file: recognise it by content, detect truncation, extract what scan needs.
 
 ``read_header(path)`` never raises: it returns an ``InstanceHeader``, a ``Rejected`` row (``not_dicom``,
-``truncated``, ``decode_error``, ``unreadable``) or ``Skipped`` for DICOMDIR index files (never followed).
+``truncated``, ``decode_error``, ``unreadable``, ``not_a_file``, ``too_large``) or ``Skipped`` for DICOMDIR
+index files (recognised by content, whatever their name; never followed).
+
+Hostile input: only regular files are opened (``stat`` first, then opened non-blocking and checked again
+with ``fstat``), so a FIFO, socket or device is a ``not_a_file`` row and never blocks the scan; a dangling
+symbolic link or a link loop is ``unreadable``. A deflated data set is inflated chunk by chunk and counted
+before pydicom inflates it in memory, and pixel bytes and element lengths are checked against
+``limits.Limits`` (``too_large``). Warnings raised while a file is read are recorded, not printed
+(``isolation``), and a rejection notes them by VR and tag only.
 
 Plain files (most images) take a fast path, ``rawheader.read_plain``, with the same outcome; any file it is not
 sure about (truncated ones included) is read with pydicom below, which stays the reference.
@@ -24,10 +32,12 @@ values, so they travel cheaply as JSON from a ``HeaderWorker`` process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -42,8 +52,26 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from .geometry import FrameGeometry, frame_geometries, pixel_spacing_of, single_slice_spacing
+from .isolation import captured_warnings, is_fatal, warning_note
+from .limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    element_problem,
+    inflated_size_problem,
+    pixel_bytes,
+    pixel_bytes_problem,
+)
 from .rawheader import CHUNK, DEFER_SIZE, MEDIA_STORAGE_DIRECTORY, PlainHeader, read_plain
-from .reasons import DECODE_ERROR, NOT_DICOM, TRUNCATED, UNREADABLE, DicomError, Rejected
+from .reasons import (
+    DECODE_ERROR,
+    NOT_A_FILE,
+    NOT_DICOM,
+    TOO_LARGE,
+    TRUNCATED,
+    UNREADABLE,
+    DicomError,
+    Rejected,
+)
 
 PIXEL_DATA = 0x7FE00010
 ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
@@ -68,6 +96,7 @@ class InstanceHeader:
 
     path: str
     sop_class_uid: str
+    sop_instance_uid: str
     study_uid: str
     series_uid: str
     patient_id: str  # raw: in memory only
@@ -80,6 +109,7 @@ class InstanceHeader:
     columns: int
     number_of_frames: int
     samples_per_pixel: int
+    bits_allocated: int
     photometric: str
     transfer_syntax: str
     has_pixel_data: bool
@@ -143,23 +173,64 @@ class _EofWatch:
         return bool(self.partial_reads) or self.overran or self.empty_reads > 1
 
 
-def read_header(path: Path | str) -> Outcome:
-    """Read one file's header (never its pixels) and return what it is; never raises."""
-    path = Path(path)
+def read_header(path: Path | str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
+    """Read one file's header (never its pixels) and return what it is; never raises (but for Ctrl-C)."""
     name = str(path)
-    if path.name.upper() == "DICOMDIR":
-        return Skipped(name, "DICOMDIR index file (not followed)")
+    with captured_warnings() as records:
+        outcome = _read_checked(name, limits)
+    if records and isinstance(outcome, Rejected):
+        note = warning_note(records)
+        outcome = Rejected(outcome.path, outcome.reason_code, f"{outcome.message} ({note})" if note else outcome.message)
+    return outcome
+
+
+def _read_checked(name: str, limits: Limits) -> Outcome:
+    """Open ``name`` only when it is a regular file, then read its header."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            return _read_open_file(name, fh, size)
+        problem = not_a_regular_file(name)
+        if problem is not None:
+            return problem
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):  # replaced between stat and open
+                return Rejected(name, NOT_A_FILE, f"is {_file_kind(info.st_mode)}, not a regular file: remove it")
+            return _read_open_file(name, fh, info.st_size, limits)
     except OSError as exc:
         return Rejected(name, UNREADABLE, f"cannot be read ({exc.strerror or exc}): check that it exists and is readable")
-    except Exception as exc:  # a defect in an odd file must not stop the scan
-        return Rejected(name, UNREADABLE, f"header could not be interpreted ({type(exc).__name__}: {exc})")
+    except BaseException as exc:  # a defect in an odd file must not stop the scan
+        if is_fatal(exc):
+            raise
+        return Rejected(name, UNREADABLE, f"header could not be interpreted ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]})")
 
 
-def _read_open_file(name: str, fh: BinaryIO, size: int) -> Outcome:
+def not_a_regular_file(name: str) -> Rejected | None:
+    """A row for a path that must not be opened (FIFO, socket, device, folder, broken link), else None."""
+    try:
+        info = os.stat(name)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Rejected(name, UNREADABLE, "symbolic link loop (the link points back at itself): fix or "
+                            "remove the link")
+        if exc.errno == errno.ENOENT and os.path.islink(name):
+            return Rejected(name, UNREADABLE, "dangling symbolic link (its target does not exist): fix or "
+                            "remove the link")
+        raise
+    if stat.S_ISREG(info.st_mode):
+        return None
+    return Rejected(name, NOT_A_FILE, f"is {_file_kind(info.st_mode)}, not a regular file: nothing was read; "
+                    "remove it from the input")
+
+
+def _file_kind(mode: int) -> str:
+    """'a FIFO (named pipe)', 'a socket', ... for a non-regular file mode."""
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((label for test, label in kinds if test(mode)), "a special file")
+
+
+def _read_open_file(name: str, fh: BinaryIO, size: int, limits: Limits = DEFAULT_LIMITS) -> Outcome:
     """Sniff, parse and check one opened file."""
     if size == 0:
         return Rejected(name, NOT_DICOM, "empty file (0 bytes), not DICOM")
@@ -167,10 +238,16 @@ def _read_open_file(name: str, fh: BinaryIO, size: int) -> Outcome:
     has_preamble = head[128:132] == b"DICM"
     plain = read_plain(fh, size, head) if has_preamble else None
     if plain is not None:  # the fast path: the same result as below, without pydicom (see rawheader)
-        problem, has_pixels = _check_pixel_data(fh, plain.stop, size, plain)
+        problem, has_pixels = _check_pixel_data(fh, plain.stop, size, plain, limits)
+        if problem is None:
+            problem = _element_length_problem(plain.longest, limits)
         if problem is not None:
             return Rejected(name, *problem)
-        return _header_from_dataset(name, plain, plain.transfer_syntax, has_pixels)
+        return _checked_header(name, plain, plain.transfer_syntax, has_pixels, limits)
+    if has_preamble:
+        problem = _deflate_problem(fh, size, limits)
+        if problem is not None:
+            return Rejected(name, TOO_LARGE, problem)
     fh.seek(0)
     if not has_preamble and not plausible_raw_dataset(head):
         return Rejected(name, NOT_DICOM, "not a DICOM file: no 'DICM' marker and no DICOM data set at the start")
@@ -190,10 +267,73 @@ def _read_open_file(name: str, fh: BinaryIO, size: int) -> Outcome:
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         has_pixels = _deflated_has_pixel_data(fh)
     else:
-        problem, has_pixels = _check_pixel_data(fh, watch.tell(), size, ds)
+        problem, has_pixels = _check_pixel_data(fh, watch.tell(), size, ds, limits)
+        if problem is None:
+            problem = _element_length_problem(_longest_element(ds), limits)
         if problem is not None:
             return Rejected(name, *problem)
-    return _header_from_dataset(name, ds, transfer_syntax, has_pixels)
+    return _checked_header(name, ds, transfer_syntax, has_pixels, limits)
+
+
+def _checked_header(name: str, ds: Dataset | PlainHeader, transfer_syntax: str, has_pixels: bool,
+                    limits: Limits) -> Outcome:
+    """The header, or ``too_large`` when decoding its pixels would need more than ``max_pixel_bytes``."""
+    header = _header_from_dataset(name, ds, transfer_syntax, has_pixels)
+    size = pixel_bytes(header.rows, header.columns, header.number_of_frames, header.samples_per_pixel,
+                       header.bits_allocated)
+    problem = pixel_bytes_problem(size, limits) if has_pixels else None
+    return Rejected(name, TOO_LARGE, problem) if problem else header
+
+
+def _element_length_problem(longest: int, limits: Limits) -> tuple[str, str] | None:
+    """``too_large`` when a header element declares more than ``max_element_bytes``."""
+    problem = element_problem(longest, limits, "a header element")
+    return (TOO_LARGE, problem) if problem else None
+
+
+def _longest_element(ds: Dataset) -> int:
+    """The largest declared length among the top-level elements pydicom left unread (deferred) or raw."""
+    lengths = [e.length for e in ds.elements() if getattr(e, "length", None) not in (None, UNDEFINED_LENGTH)]
+    return max(lengths, default=0)
+
+
+def _meta_end_and_syntax(fh: BinaryIO, size: int) -> tuple[int, str]:
+    """Walk the file meta group (explicit VR little endian after the preamble): where the data set starts,
+    and the transfer syntax UID ('' when the walk finds none)."""
+    position, syntax = 132, ""
+    while position + 8 <= size:
+        fh.seek(position)
+        raw = fh.read(12)
+        group, element = struct.unpack("<HH", raw[:4])
+        if group != 2:
+            break
+        if raw[4:6] in _LONG_LENGTH_VRS:
+            (length,), start = struct.unpack("<L", raw[8:12]), position + 12
+        else:
+            (length,), start = struct.unpack("<H", raw[6:8]), position + 8
+        if length == UNDEFINED_LENGTH:
+            break
+        if element == 0x0010 and length <= 256:
+            fh.seek(start)
+            syntax = fh.read(length).decode("ascii", "replace").rstrip("\0 ")
+        position = start + length
+    return position, syntax
+
+
+def _deflate_problem(fh: BinaryIO, size: int, limits: Limits) -> str | None:
+    """For a deflated data set: a message when it inflates beyond ``max_inflated_bytes``, else None."""
+    start, syntax = _meta_end_and_syntax(fh, size)
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return None
+    return inflated_size_problem(fh, start, limits)
+
+
+def deflate_problem(path: Path | str, limits: Limits) -> str | None:
+    """``_deflate_problem`` of the file at ``path`` (None for a file without the DICM preamble)."""
+    with Path(path).open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(128)
+        return _deflate_problem(fh, size, limits) if fh.read(4) == b"DICM" else None
 
 
 def _parse_failure(name: str, has_preamble: bool, watch: _EofWatch, exc: Exception) -> Rejected:
@@ -254,8 +394,8 @@ def _deflated_has_pixel_data(fh: BinaryIO) -> bool:
     return "PixelData" in dcmread(fh, defer_size=256)
 
 
-def _check_pixel_data(fh: BinaryIO, offset: int, size: int, ds: Dataset | PlainHeader
-                      ) -> tuple[tuple[str, str] | None, bool]:
+def _check_pixel_data(fh: BinaryIO, offset: int, size: int, ds: Dataset | PlainHeader,
+                      limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[str, str] | None, bool]:
     """Check the pixel data element that the header read stopped at; return (problem, has_pixel_data)."""
     implicit, little = ds.original_encoding
     endian = "<" if little else ">"
@@ -275,10 +415,16 @@ def _check_pixel_data(fh: BinaryIO, offset: int, size: int, ds: Dataset | PlainH
     value_start = offset + header_length
     if length == UNDEFINED_LENGTH:
         problem, end = _check_fragments(fh, value_start, size, endian)
+        too_large = element_problem(end - value_start, limits, "the compressed pixel data")
+        if problem is None and too_large is not None:
+            return (TOO_LARGE, too_large), True
         return problem or _check_trailing(fh, end, size, implicit, endian), True
     if value_start + length > size:
         message = f"pixel data declares {length} bytes but the file ends {value_start + length - size} bytes early"
         return (TRUNCATED, f"{message} (truncated copy?): copy it again"), True
+    too_large = element_problem(length, limits, "the pixel data")
+    if too_large is not None:
+        return (TOO_LARGE, too_large), True
     expected = _native_pixel_bytes(ds)
     if expected and length < expected:
         message = f"pixel data has {length} bytes but the header (rows, columns, frames, bits) needs {expected}"
@@ -359,12 +505,14 @@ def _header_from_dataset(name: str, ds: Dataset | PlainHeader, transfer_syntax: 
     frames, geometry_error = _geometry(name, ds)
     spacing, spacing_source = _pixel_spacing(ds)
     return InstanceHeader(
-        path=name, sop_class_uid=_text(ds, "SOPClassUID"), study_uid=_text(ds, "StudyInstanceUID"),
+        path=name, sop_class_uid=_text(ds, "SOPClassUID"), sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"), patient_id=_text(ds, "PatientID"),
         modality=_text(ds, "Modality").upper(), image_type=_texts(ds, "ImageType"),
         series_description=_text(ds, "SeriesDescription"), body_part=_text(ds, "BodyPartExamined"),
         manufacturer=_text(ds, "Manufacturer"), rows=_int(ds, "Rows") or 0, columns=_int(ds, "Columns") or 0,
         number_of_frames=max(_int(ds, "NumberOfFrames") or 1, 1), samples_per_pixel=_int(ds, "SamplesPerPixel") or 1,
+        bits_allocated=_int(ds, "BitsAllocated") or 0,
         photometric=_text(ds, "PhotometricInterpretation").upper(), transfer_syntax=transfer_syntax,
         has_pixel_data=has_pixels, pixel_spacing=spacing, pixel_spacing_source=spacing_source,
         single_slice_spacing=single_slice_spacing(ds), frames=frames, geometry_error=geometry_error,
@@ -411,14 +559,15 @@ class HeaderWorker:
     line of JSON each way over its stdin and stdout (nothing is unpickled).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         boot = (f"import json, sys; sys.path[:] = json.loads(sys.stdin.readline()); "
                 f"from {__name__} import _serve; _serve()")
         command = [sys.executable, "-I", "-c", boot]  # isolated: no module in the working folder shadows json
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._send(list(sys.path))
+        self._send(vars(limits))
 
-    def _send(self, data: list) -> None:
+    def _send(self, data: list | dict) -> None:
         self._process.stdin.write(json.dumps(data) + "\n")
         self._process.stdin.flush()
 
@@ -447,8 +596,9 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it stops the workers
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the result stream
+    limits = Limits(**json.loads(sys.stdin.readline()))  # JSON is ASCII: any path travels \u-escaped
     for line in sys.stdin:
-        outcomes = [encode_outcome(read_header(path)) for path in json.loads(line)]
+        outcomes = [encode_outcome(read_header(path, limits)) for path in json.loads(line)]
         results.write(json.dumps(outcomes) + "\n")
         results.flush()
 

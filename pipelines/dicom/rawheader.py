@@ -49,7 +49,7 @@ KEYWORDS = (
     "BodyPartExamined", "SliceThickness", "SpacingBetweenSlices", "ImagerPixelSpacing", "NominalScannedPixelSpacing",
     "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient",
     "FrameOfReferenceUID", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns",
-    "PixelSpacing", "BitsAllocated",
+    "PixelSpacing", "BitsAllocated", "SOPInstanceUID",
 )
 META_KEYWORDS = ("FileMetaInformationGroupLength", "MediaStorageSOPClassUID", "TransferSyntaxUID")
 # Present in a file -> read with pydicom (functional groups, a DICOMDIR's records).
@@ -78,14 +78,16 @@ class PlainHeader:
     """The values of a plain file's needed elements, read like a pydicom ``Dataset`` (``get``, attributes).
 
     ``stop`` is where pydicom's header read stops (the pixel data element, or the end of the file);
-    ``original_encoding`` is ``(implicit VR, little endian)`` as on a pydicom data set.
+    ``original_encoding`` is ``(implicit VR, little endian)`` as on a pydicom data set; ``longest`` is the
+    largest defined length of any element walked (for ``limits.Limits.max_element_bytes``).
     """
 
-    __slots__ = ("values", "stop", "original_encoding", "transfer_syntax")
+    __slots__ = ("values", "stop", "original_encoding", "transfer_syntax", "longest")
 
-    def __init__(self, values: dict, stop: int, implicit: bool, little: bool, transfer_syntax: str):
+    def __init__(self, values: dict, stop: int, implicit: bool, little: bool, transfer_syntax: str, longest: int = 0):
         self.values, self.stop = values, stop
         self.original_encoding, self.transfer_syntax = (implicit, little), transfer_syntax
+        self.longest = longest
 
     def get(self, keyword: str, default: object = None) -> object:
         return self.values.get(keyword, default)
@@ -131,6 +133,7 @@ class _Parser:
 
     def __init__(self, fh: BinaryIO, size: int, head: bytes):
         self.fh, self.size, self.buf, self.base = fh, size, head, 0
+        self.longest = 0  # largest defined element length seen
 
     def view(self, pos: int, n: int) -> int:
         """Index in ``self.buf`` of the bytes ``[pos, pos + n)`` of the file, reading them when needed."""
@@ -165,7 +168,7 @@ class _Parser:
             value = values.get(keyword)
             if value is not None and not (isinstance(value, list) and len(value) == count):
                 raise Decline  # the geometry error would quote pydicom's repr of the value
-        return PlainHeader(values, stop, implicit, little, syntax)
+        return PlainHeader(values, stop, implicit, little, syntax, self.longest)
 
     def meta(self, pos: int, found: dict) -> int:
         """Walk the file meta group (explicit VR little endian); return where the data set starts."""
@@ -199,6 +202,7 @@ class _Parser:
         end = start + length
         if end > self.size:
             raise Decline
+        self.longest = max(self.longest, length)
         if found is not None:
             field = fields.get(tag)
             if field is not None:

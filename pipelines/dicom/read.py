@@ -18,7 +18,11 @@ Conventions (what other code may rely on):
   MONAI affine is ``diag(row spacing, col spacing, 1)``. A volume follows the ITK/NIfTI convention:
   ``(i, j, k)`` = (column, row, slice) with a RAS affine (see ``geometry.py``).
 
-Bad input never escapes as a pydicom/numpy exception: it raises ``DicomError`` with a reason code.
+Bad input never escapes as a pydicom/numpy exception: it raises ``DicomError`` with a reason code. That
+includes what native decoders raise outside ``Exception`` (pylibjpeg-rle panics with a ``BaseException``),
+whose stderr noise is kept off the terminal (``isolation``). Reading is bounded by ``limits.Limits``: a deflated
+data set is measured before it is inflated, and pixels are never decoded beyond ``max_pixel_bytes``
+(``too_large``).
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from pipelines.dicom.geometry import (
     single_slice_spacing,
     stack_geometry,
 )
-from pipelines.dicom.headers import read_raw_dataset
+from pipelines.dicom.headers import deflate_problem, read_raw_dataset
+from pipelines.dicom.isolation import is_fatal, native_stderr_to_null
+from pipelines.dicom.limits import DEFAULT_LIMITS, Limits, pixel_bytes, pixel_bytes_problem, raise_if
 from pipelines.dicom.reasons import DicomError
 
 PathLike = str | Path
@@ -94,18 +100,36 @@ def _dcmread(path: PathLike) -> pydicom.Dataset:
         return raw
 
 
-def read_dataset(path: PathLike) -> pydicom.Dataset:
-    """Read one DICOM file (header and pixel data) or raise ``DicomError``."""
+def read_dataset(path: PathLike, limits: Limits = DEFAULT_LIMITS) -> pydicom.Dataset:
+    """Read one DICOM file (header and pixel data) or raise ``DicomError`` (``too_large`` over ``limits``)."""
     try:
-        return _dcmread(path)
+        raise_if(deflate_problem(path, limits))
+        ds = _dcmread(path)
+    except DicomError:
+        raise
     except InvalidDicomError as error:
         raise DicomError(reasons.NOT_DICOM, f"{Path(path).name} is not DICOM ({error}): remove it from the input") from error
     except (EOFError, BufferError) as error:
         raise DicomError(reasons.TRUNCATED, f"{Path(path).name} ends early: re-copy or re-export the file") from error
     except OSError as error:
         raise DicomError(reasons.UNREADABLE, f"cannot open {Path(path).name} ({error.strerror}): check the path") from error
-    except Exception as error:  # pydicom raises many types for a corrupt header
-        raise DicomError(reasons.DECODE_ERROR, f"cannot parse the header of {Path(path).name} ({error}): re-export it") from error
+    except BaseException as error:  # pydicom raises many types for a corrupt header
+        if is_fatal(error):
+            raise
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise DicomError(reasons.DECODE_ERROR, f"cannot parse the header of {Path(path).name} ({reason}): re-export it") from error
+    raise_if(pixel_bytes_problem(_declared_pixel_bytes(ds), limits))
+    return ds
+
+
+def _declared_pixel_bytes(ds: pydicom.Dataset) -> int:
+    """Rows x Columns x frames x samples x BitsAllocated / 8 as the header says (0 when it cannot say)."""
+    try:
+        values = [int(ds.get(k) or default) for k, default in
+                  (("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1), ("SamplesPerPixel", 1), ("BitsAllocated", 1))]
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return pixel_bytes(*values) if "PixelData" in ds else 0
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:
@@ -171,8 +195,11 @@ def decode_stored_values(ds: pydicom.Dataset) -> np.ndarray:
     if "PixelData" in ds and not uid.is_encapsulated:
         _check_native_length(ds)
     try:
-        return ds.pixel_array
-    except Exception as error:
+        with native_stderr_to_null():
+            return ds.pixel_array
+    except BaseException as error:  # native decoders may panic with a BaseException
+        if is_fatal(error):
+            raise
         reason = " ".join(str(error).split())[:300] or type(error).__name__
         raise DicomError(
             reasons.DECODE_ERROR,
@@ -400,19 +427,20 @@ def volume_from_datasets(datasets: Sequence[pydicom.Dataset]) -> Volume:
     return Volume(pixels=pixels, affine=stack.affine, spacing=stack.spacing, meta=meta)
 
 
-def read_series_datasets(paths: Sequence[PathLike] | PathLike) -> list[pydicom.Dataset]:
-    """Read files, or the files of one folder (not recursive; non-DICOM files and DICOMDIR there are skipped)."""
+def read_series_datasets(paths: Sequence[PathLike] | PathLike, limits: Limits = DEFAULT_LIMITS) -> list[pydicom.Dataset]:
+    """Read files, or the files of one folder (not recursive; non-DICOM files, and DICOMDIR indexes by their
+    lack of pixel data, are skipped there)."""
     items = [paths] if isinstance(paths, str | Path) else list(paths)
     if len(items) == 1 and Path(items[0]).is_dir():
         datasets = []
-        for path in sorted(p for p in Path(items[0]).iterdir() if p.is_file() and p.name.upper() != "DICOMDIR"):
+        for path in sorted(p for p in Path(items[0]).iterdir() if p.is_file()):
             try:
-                datasets.append(read_dataset(path))
+                datasets.append(read_dataset(path, limits))
             except DicomError as error:
                 if error.reason_code != reasons.NOT_DICOM:
                     raise
         return [ds for ds in datasets if "PixelData" in ds]
-    return [read_dataset(path) for path in items]
+    return [read_dataset(path, limits) for path in items]
 
 
 def read_volume(paths: Sequence[PathLike] | PathLike) -> Volume:
@@ -435,10 +463,11 @@ class DicomSeriesReader(ImageReader):
     ``DicomError``. Metadata holds only ``describe()`` fields and MONAI geometry keys (no patient data).
     """
 
-    def __init__(self, *, voi_window: bool = False, color: ColorMode = "reject"):
+    def __init__(self, *, voi_window: bool = False, color: ColorMode = "reject", limits: Limits = DEFAULT_LIMITS):
         super().__init__()
         self.voi_window = voi_window
         self.color = color
+        self.limits = limits
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """DICOM files need no suffix: accept any path or list of paths except well-known other image formats."""
@@ -449,8 +478,8 @@ class DicomSeriesReader(ImageReader):
         """One file -> a dataset; several files or a folder -> a list of datasets (one series)."""
         items = [data] if isinstance(data, str | Path) else list(data)
         if len(items) == 1 and not Path(items[0]).is_dir():
-            return read_dataset(items[0])
-        return read_series_datasets(items)
+            return read_dataset(items[0], self.limits)
+        return read_series_datasets(items, self.limits)
 
     def get_data(self, img: pydicom.Dataset | Sequence[pydicom.Dataset]) -> tuple[np.ndarray, dict]:
         """``(array, meta)`` with affine, original_affine, spatial_shape, space=RAS, original_channel_dim."""

@@ -20,14 +20,17 @@ TOO_FEW_SLICES = "too_few_slices"
 LOCALIZER = "localizer"
 NOT_SELECTED = "not_selected"  # excluded by the configured series selection rules
 DECODE_ERROR = "decode_error"
-UNREADABLE = "unreadable"  # permission denied, vanished file, ...
+UNREADABLE = "unreadable"  # permission denied, vanished file, dangling symlink, symlink loop, ...
+NOT_A_FILE = "not_a_file"  # a FIFO, socket, device or folder where a file was expected: never opened
+TOO_LARGE = "too_large"  # over a data.limits bound (inflated size, pixel bytes, element length): not decoded
+BAD_FILE_NAME = "bad_file_name"  # ingest: a usable file whose name is not valid UTF-8 (the manifest cannot hold it)
 BAD_LABEL = "bad_label"  # labels CSV: a label that is not 0/1/normal/abnormal
 CONFLICTING_LABEL = "conflicting_label"  # labels CSV: one study with two different labels
 
 ALL_REASONS = (
     NOT_DICOM, TRUNCATED, NO_PIXEL_DATA, NOT_AN_IMAGE, UNSUPPORTED_TRANSFER_SYNTAX, UNSUPPORTED_PHOTOMETRIC,
     UNSUPPORTED_MODALITY, INCONSISTENT_SERIES, TOO_FEW_SLICES, LOCALIZER, NOT_SELECTED, DECODE_ERROR, UNREADABLE,
-    BAD_LABEL, CONFLICTING_LABEL,
+    NOT_A_FILE, TOO_LARGE, BAD_FILE_NAME, BAD_LABEL, CONFLICTING_LABEL,
 )
 
 

@@ -46,6 +46,8 @@ from pydicom.pixels.common import CoderBase
 
 from .geometry import StackGeometry, stack_geometry
 from .headers import HeaderWorker, InstanceHeader, Outcome, Skipped, read_header, uid_name
+from .isolation import captured_warnings
+from .limits import DEFAULT_LIMITS, Limits
 from .reasons import (
     INCONSISTENT_SERIES,
     LOCALIZER,
@@ -111,6 +113,7 @@ class Series:
 
     study_uid: str
     series_uid: str
+    sop_instance_uid: str  # of the first file (an X-ray's own image)
     patient_id: str  # raw patient id: in memory only, callers pseudonymize
     modality: str
     kind: Literal["xray", "mri"]
@@ -182,17 +185,26 @@ def _walk_sorted(root: Path, on_error: Callable[[OSError], None] | None) -> Iter
 
 
 def scan(roots: Sequence[Path | str], rules: SelectionRules = SelectionRules(), workers: int = 0,
-         progress: bool = False, parallel_min_files: int = PARALLEL_MIN_FILES) -> ScanResult:
+         progress: bool = False, parallel_min_files: int = PARALLEL_MIN_FILES,
+         limits: Limits = DEFAULT_LIMITS) -> ScanResult:
     """Find, read (headers only) and classify every file under ``roots``; never raises for a bad file.
 
-    ``workers > 0`` reads headers in that many processes when there are at least ``parallel_min_files`` files.
+    ``workers > 0`` reads headers in that many processes when there are at least ``parallel_min_files`` files;
+    ``limits`` bound what one file may cost (``too_large``).
     """
     listing_errors: list[OSError] = []
     paths = list(iter_dicom_files(roots, on_error=listing_errors.append))
     rejected = [Rejected(str(e.filename), UNREADABLE, f"cannot be listed ({e.strerror}): check the input path "
                          "and its permissions") for e in listing_errors]
-    outcomes = _read_headers([str(p) for p in paths], workers if len(paths) >= parallel_min_files else 0, progress)
-    result = ScanResult(series=[], rejected=rejected, n_files=len(paths))
+    outcomes = _read_headers([str(p) for p in paths], workers if len(paths) >= parallel_min_files else 0, progress,
+                             limits)
+    with captured_warnings():  # a damaged UID warns with its value when classified: recorded, never printed
+        return _classify(outcomes, rules, rejected, len(paths))
+
+
+def _classify(outcomes: list[Outcome], rules: SelectionRules, rejected: list[Rejected], n_files: int) -> ScanResult:
+    """File-level then series-level classification of the header outcomes."""
+    result = ScanResult(series=[], rejected=rejected, n_files=n_files)
     usable: list[InstanceHeader] = []
     for outcome in outcomes:
         if isinstance(outcome, Skipped):
@@ -222,7 +234,7 @@ def _reject(result: ScanResult, row: Rejected, paths: Iterable[str]) -> None:
     result.file_outcomes.update(dict.fromkeys(paths, row.reason_code))
 
 
-def _read_headers(paths: list[str], workers: int, progress: bool) -> list[Outcome]:
+def _read_headers(paths: list[str], workers: int, progress: bool, limits: Limits = DEFAULT_LIMITS) -> list[Outcome]:
     """Read headers here (``workers <= 0``) or in worker processes; the result order follows ``paths``."""
     from tqdm import tqdm
 
@@ -230,20 +242,21 @@ def _read_headers(paths: list[str], workers: int, progress: bool) -> list[Outcom
     chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
     parallel = workers > 0 and len(chunks) > 1
     with tqdm(total=len(paths), desc="scan", unit="file", disable=not progress) as bar:
-        results = _read_in_workers(chunks, workers, bar.update) if parallel else [None] * len(chunks)
+        results = _read_in_workers(chunks, workers, bar.update, limits) if parallel else [None] * len(chunks)
         if parallel and None in results:
             warnings.warn("header-reading worker processes failed; reading their files in this process",
                           RuntimeWarning, stacklevel=3)
         outcomes: list[Outcome] = []
         for chunk, result in zip(chunks, results, strict=True):
             if result is None:  # sequential, or a chunk that no worker returned
-                result = [read_header(path) for path in chunk]
+                result = [read_header(path, limits) for path in chunk]
                 bar.update(len(chunk))
             outcomes.extend(result)
         return outcomes
 
 
-def _read_in_workers(chunks: list[list[str]], workers: int, done: Callable[[int], None]) -> list[list[Outcome] | None]:
+def _read_in_workers(chunks: list[list[str]], workers: int, done: Callable[[int], None],
+                     limits: Limits = DEFAULT_LIMITS) -> list[list[Outcome] | None]:
     """Feed chunks to up to ``workers`` ``HeaderWorker`` processes, one thread each; None where none returned."""
     results: list[list[Outcome] | None] = [None] * len(chunks)
     pending: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -263,7 +276,7 @@ def _read_in_workers(chunks: list[list[str]], workers: int, done: Callable[[int]
     try:
         with contextlib.suppress(OSError):  # a worker that cannot start leaves its share to the others (or caller)
             for _ in range(min(workers, len(chunks))):
-                started.append(HeaderWorker())
+                started.append(HeaderWorker(limits))
         threads = [threading.Thread(target=feed, args=(worker,), daemon=True) for worker in started]
         for thread in threads:
             thread.start()
@@ -430,7 +443,8 @@ def _make_series(first: InstanceHeader, members: list[InstanceHeader], stack: St
     if frame_order is not None:
         frames = [frames[i] for i in frame_order]
     return Series(
-        study_uid=first.study_uid, series_uid=first.series_uid, patient_id=first.patient_id,
+        study_uid=first.study_uid, series_uid=first.series_uid, sop_instance_uid=first.sop_instance_uid,
+        patient_id=first.patient_id,
         modality=first.modality, kind="xray" if stack is None else "mri", files=tuple(h.path for h in members),
         multiframe=frame_order is not None, rows=first.rows, columns=first.columns,
         num_slices=1 if stack is None else len(stack.order),

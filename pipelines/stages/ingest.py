@@ -11,11 +11,13 @@ import pandas as pd
 
 from ..config import PipelineConfig, dump_config
 from ..datacard import render_data_card
-from ..dicom.reasons import UNSUPPORTED_MODALITY, Rejected
-from ..dicom.scan import ScanResult, SelectionRules, scan
+from ..dicom.reasons import BAD_FILE_NAME, UNSUPPORTED_MODALITY, Rejected
+from ..dicom.scan import ScanResult, Series, scan
+from ..folders import writable_folder
 from ..labels import read_labels
 from ..manifest import build_manifest, write_errors, write_manifest
 from ..privacy import Pseudonymizer, load_or_create_key
+from ..scan_settings import scan_limits, selection_rules
 from ..splits import assign_splits
 from ..tracking import stage_run
 
@@ -30,18 +32,6 @@ class IngestResult:
     errors: pd.DataFrame
     n_files: int
     digest: str
-
-
-def selection_rules(config: PipelineConfig) -> SelectionRules:
-    sel = config.data.selection
-    return SelectionRules(
-        modalities=tuple(sel.modalities),
-        series_description_include=tuple(sel.series_description_include),
-        series_description_exclude=tuple(sel.series_description_exclude),
-        image_type_exclude=tuple(sel.image_type_exclude),
-        min_slices=sel.min_slices,
-        allow_color=sel.allow_color,
-    )
 
 
 def manifest_digest(manifest: pd.DataFrame) -> str:
@@ -59,20 +49,36 @@ def _other_kind(scanned: ScanResult, kind: str) -> list[Rejected]:
     ]
 
 
+def _utf8_named(series: list[Series]) -> tuple[list[Series], list[Rejected]]:
+    """Series whose file names are valid UTF-8 (the Parquet manifest holds only such text), and a row for
+    each other one."""
+    kept, rejected = [], []
+    for s in series:
+        try:
+            for name in s.files:
+                name.encode("utf-8")
+            kept.append(s)
+        except UnicodeEncodeError:
+            rejected.append(Rejected(name, BAD_FILE_NAME, "file name is not valid UTF-8, which the manifest "
+                                     "cannot hold: rename the file (`medvit score` reads it as it is)"))
+    return kept, rejected
+
+
 def run_ingest(config: PipelineConfig, *, progress: bool = False, track: bool = True) -> IngestResult:
     """Entry point of the ingest stage."""
     out = config.output.dir
-    out.mkdir(parents=True, exist_ok=True)
-    scanned = scan([config.data.dicom_root], selection_rules(config), workers=config.data.workers, progress=progress)
+    writable_folder(out, "output.dir")
+    scanned = scan([config.data.dicom_root], selection_rules(config), workers=config.data.workers, progress=progress,
+                   limits=scan_limits(config))
     labels, label_errors = ({}, [])
     if config.data.labels is not None:
         labels, label_errors = read_labels(config.data.labels, config.data.study_column, config.data.label_column)
     key_file = config.privacy.key_file or out / ".pseudonym_key"
     pseudonym = Pseudonymizer(load_or_create_key(config.privacy.key_env, key_file))
-    usable = [s for s in scanned.series if s.kind == config.data.kind]
+    usable, misnamed = _utf8_named([s for s in scanned.series if s.kind == config.data.kind])
     manifest = build_manifest(usable, labels, pseudonym, config.data.dicom_root)
     manifest["split"] = assign_splits(manifest, config.split.val, config.split.test, config.split.seed)
-    rejected = [*scanned.rejected, *_other_kind(scanned, config.data.kind), *label_errors]
+    rejected = [*scanned.rejected, *misnamed, *_other_kind(scanned, config.data.kind), *label_errors]
 
     paths = {name: out / name for name in ("manifest.parquet", "errors.csv", "data_card.md", "config.yaml")}
     write_manifest(manifest, paths["manifest.parquet"])

@@ -29,8 +29,8 @@ from ..data import IMAGE, CachedDataset, augment_transforms, deterministic_trans
 from ..dicom.scan import scan
 from ..inference import series_items
 from ..modeling import build_model, model_kwargs, param_groups, save_model
+from ..scan_settings import selection_rules
 from ..tracking import stage_run
-from .ingest import selection_rules
 from .train import make_scheduler
 
 ENCODER_ARTIFACT = "encoder/encoder.safetensors"

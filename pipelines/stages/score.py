@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import engine
 from ..config import ConfigError
 from ..data import IMAGE, deterministic_transforms
+from ..dicom.isolation import captured_warnings, is_fatal, warning_note
 from ..dicom.reasons import DECODE_ERROR, UNSUPPORTED_MODALITY, DicomError, Rejected, is_failure
 from ..dicom.scan import Series, scan
+from ..folders import writable_folder
 from ..model_package import LoadedModel, load_packaged_model
+from ..scan_settings import scan_limits, selection_rules
 from ..score_outputs import ScoreOutputs, merge_shards, shard_folder
-from .ingest import selection_rules
 
 
 class ScoreOptions(BaseModel):
@@ -58,8 +61,10 @@ class ScoreOptions(BaseModel):
     @field_validator("shard")
     @classmethod
     def _valid_shard(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and not 0 <= value[0] < value[1]:
-            raise ValueError(f"shard {value[0]}/{value[1]}: the index must be 0..{value[1] - 1}")
+        if value is not None:
+            problem = shard_problem(*value)
+            if problem:
+                raise ValueError(f"shard {value[0]}/{value[1]}: {problem}")
         return value
 
 
@@ -75,14 +80,24 @@ class ScoreResult:
         return any(is_failure(code) for code in self.frames["errors"]["reason_code"])
 
 
+def shard_problem(index: int, count: int) -> str | None:
+    """What is wrong with shard ``index`` of ``count``, or None."""
+    if count < 1:
+        return f"N must be at least 1 (got {count}): e.g. 0/4 for the first of four"
+    if not 0 <= index < count:
+        return f"I must be 0..{count - 1} for N={count} (shards are numbered from 0)"
+    return None
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` (0-based I) -> (I, N)."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise ConfigError(f"--shard '{text}' is not I/N (e.g. 0/4 for the first of four)") from None
-    if not 0 <= index < count:
-        raise ConfigError(f"--shard '{text}': I must be 0..{count - 1} (shards are numbered from 0)")
+    problem = shard_problem(index, count)
+    if problem:
+        raise ConfigError(f"--shard '{text}': {problem}")
     return index, count
 
 
@@ -96,7 +111,8 @@ def resolve_shard(options: ScoreOptions) -> tuple[int, int] | None:
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
     """Deterministic assignment of a study (or a rejected file) to one shard."""
-    return shard is None or int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % shard[1] == shard[0]
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()  # file names need not be UTF-8
+    return shard is None or int(digest[:12], 16) % shard[1] == shard[0]
 
 
 def auto_workers(requested: int | None) -> int:
@@ -138,7 +154,11 @@ def one_line(text: object, limit: int = 300) -> str:
 
 
 class SeriesDataset(torch.utils.data.Dataset):
-    """Preprocessed series; a series that cannot be decoded becomes an error record, never an exception."""
+    """Preprocessed series; a series that cannot be decoded becomes an error record, never an exception.
+
+    Whatever decoding raises counts, ``BaseException`` subclasses from native decoders included (but not
+    Ctrl-C or ``sys.exit``); warnings are recorded per series and only their VRs and tags reach a message.
+    """
 
     def __init__(self, series: Sequence[Series], transform: Any):
         self.series = list(series)
@@ -149,17 +169,26 @@ class SeriesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.series[index]
-        try:
-            image = self.transform({IMAGE: s.files[0] if s.kind == "xray" else list(s.files)})[IMAGE]
-        except Exception as exc:  # recorded per series; the batch goes on
-            found = _dicom_error(exc)
-            if found is not None:
-                return {"index": index, "error": found.reason_code, "message": one_line(found.message)}
-            return {"index": index, "error": DECODE_ERROR,
-                    "message": f"cannot be decoded or preprocessed ({one_line(exc, 200)}): check the file "
-                               "with `medvit preview`, or exclude it"}
+        with captured_warnings() as records:
+            try:
+                image = self.transform({IMAGE: s.files[0] if s.kind == "xray" else list(s.files)})[IMAGE]
+            except BaseException as exc:  # recorded per series; the batch goes on
+                if is_fatal(exc):
+                    raise
+                return _error_record(index, exc, warning_note(records))
         tensor = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         return {"index": index, IMAGE: tensor.float()}
+
+
+def _error_record(index: int, exc: BaseException, note: str) -> dict[str, Any]:
+    """The error record of one series: its DicomError's reason and message, else ``decode_error``."""
+    found = _dicom_error(exc)
+    if found is not None:
+        reason, message = found.reason_code, one_line(found.message)
+    else:
+        reason, message = DECODE_ERROR, (f"cannot be decoded or preprocessed ({one_line(exc, 200)}): check the "
+                                         "file with `medvit preview`, or exclude it")
+    return {"index": index, "error": reason, "message": f"{message} ({note})" if note else message}
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,6 +200,24 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- study bookkeeping ----------------------------------------------------------------------------------
+def image_keys(series: Sequence[Series]) -> list[tuple[str, int]]:
+    """(SOPInstanceUID, copy) per series: what tells apart the rows of series that share a SeriesInstanceUID.
+
+    An X-ray or multi-frame file is its own scored image, keyed by its SOP Instance UID (an MR slice series by
+    its SeriesInstanceUID alone: ""); ``copy`` numbers files of one study that repeat the same series and SOP
+    UIDs (copies, or damaged exports), 1, 2, ... in path order, so every scored image keeps its row.
+    """
+    seen: dict[tuple[str, str, str], int] = {}
+    keys = []
+    for s in series:
+        sop_uid = s.sop_instance_uid if s.kind == "xray" or s.multiframe else ""
+        key = (s.study_uid, s.series_uid, sop_uid)
+        seen[key] = seen.get(key, 0) + 1
+        keys.append((sop_uid, seen[key]))
+    return keys
+
+
+
 @dataclass
 class _Study:
     expected: int
@@ -192,14 +239,18 @@ class StudyCollector:
         self.pending: dict[str, _Study] = {}
         for s in self.series:
             self.pending.setdefault(s.study_uid, _Study(0)).expected += 1
+        self.images = image_keys(self.series)
+        self.reported: set[int] = set()  # indices whose score or error arrived
         self.studies_scored = self.series_scored = self.series_failed = self.heatmaps = 0
 
     def add_score(self, index: int, score: float, image: np.ndarray | None, heat: np.ndarray | None) -> bool:
         s = self.series[index]
+        self.reported.add(index)
         study = self.pending[s.study_uid]
+        sop_uid, copy = self.images[index]
         study.series_rows.append({
-            "StudyInstanceUID": s.study_uid, "SeriesInstanceUID": s.series_uid, "score": score,
-            "modality": s.modality, "n_files": len(s.files), "model": self.loaded.label,
+            "StudyInstanceUID": s.study_uid, "SeriesInstanceUID": s.series_uid, "SOPInstanceUID": sop_uid,
+            "copy": copy, "score": score, "modality": s.modality, "n_files": len(s.files), "model": self.loaded.label,
             "model_sha256": self.loaded.digest})
         if heat is not None and (study.best is None or score > study.best[0]):
             study.best = (score, image, heat)
@@ -207,6 +258,7 @@ class StudyCollector:
 
     def add_error(self, index: int, reason_code: str, message: str) -> bool:
         s = self.series[index]
+        self.reported.add(index)
         self.pending[s.study_uid].errors.append(Rejected(s.files[0], reason_code, message).as_row())
         return self._maybe_finish(s.study_uid)
 
@@ -257,13 +309,38 @@ def _score_batches(loaded: LoadedModel, dataset: SeriesDataset, collector: Study
     if options.heatmaps:
         from ..heatmaps import heatmap_batch as heatmaps
     with inference_threads(workers if device.type == "cpu" else 0):
-        _run_loader(loader, model, collector, device, amp, progress, heatmaps)
+        try:
+            _run_loader(loader, model, collector, device, amp, progress, heatmaps)
+        except LoaderFailed as failed:
+            left = [i for i in range(len(dataset)) if i not in collector.reported]
+            print(f"medvit: a decoding worker process failed ({one_line(failed.__cause__, 120)}): its "
+                  f"{len(left)} unfinished series are decoded again in this process", file=sys.stderr)
+            retry = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, left), batch_size=options.batch_size,
+                                                shuffle=False, num_workers=0, collate_fn=collate)
+            _run_loader(retry, model, collector, device, amp, progress, heatmaps)
+
+
+class LoaderFailed(Exception):
+    """The DataLoader itself failed (a worker process died): its unfinished items are retried once here."""
+
+
+def _batches(loader: Any) -> Iterator[dict[str, Any]]:
+    """The loader's batches; a failure of the loader (not of the scoring) becomes ``LoaderFailed``."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # e.g. "DataLoader worker (pid ...) is killed by signal"
+            raise LoaderFailed(str(exc)) from exc
+        yield batch
 
 
 def _run_loader(loader: Any, model: torch.nn.Module, collector: StudyCollector, device: torch.device,
                 amp: torch.dtype | None, progress: Any, heatmap_batch: Any | None) -> None:
     """Score every batch; error records and scores go to the collector as they arrive."""
-    for batch in loader:
+    for batch in _batches(loader):
         for record in batch["errors"]:
             progress.update(int(collector.add_error(record["index"], record["error"], record["message"])))
         if batch[IMAGE] is None:
@@ -291,6 +368,7 @@ def run_score(options: ScoreOptions) -> ScoreResult:
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     _check_inputs(options.inputs)
+    writable_folder(options.out, "--out")
     shard = resolve_shard(options)
     device = engine.resolve_device(options.device, engine.Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
     loaded = load_packaged_model(options.model, device="cpu", tracking=options.tracking_uri)
@@ -301,7 +379,7 @@ def run_score(options: ScoreOptions) -> ScoreResult:
     outputs = ScoreOutputs(folder, overwrite=options.overwrite)
 
     scanned = scan([str(p) for p in options.inputs], selection_rules(config), workers=auto_workers(options.workers),
-                   progress=options.progress)
+                   progress=options.progress, limits=scan_limits(config))
     t_scan = time.perf_counter()
     rejected = list(scanned.rejected) + [
         Rejected(s.files[0], UNSUPPORTED_MODALITY, f"{s.modality} series is {s.kind}, but the model scores {kind}: "
@@ -318,7 +396,8 @@ def run_score(options: ScoreOptions) -> ScoreResult:
         _score_batches(loaded, SeriesDataset(todo, deterministic_transforms(config)), collector, options, device, bar)
     t_score = time.perf_counter()
 
-    scan_errors = pd.DataFrame([r.as_row() for r in rejected], columns=["path", "reason_code", "message"])
+    scan_errors = pd.DataFrame([r.as_row() for r in rejected], columns=["path", "reason_code", "message"],
+                               dtype=object)  # object, not Arrow strings: a path need not be valid UTF-8
     summary = _summary(options, loaded, shard, aggregate, started, scanned.n_files, mine, done, collector,
                        rejected, {"load_model": t_model - t0, "scan": t_scan - t_model, "score": t_score - t_scan})
     frames = outputs.merged(scan_errors, carried)
