@@ -32,7 +32,7 @@ BIG = {"n_train": 2000, "n_val": 400, "n_test": 400, "n_unlabelled": 0, "abnorma
 OVERRIDES = {
     "preprocess.xray.img_size": 96, "model.patch_size": 4, "model.arch": "vit", "model.preset": "vit_small",
     "model.embed_dim": 64, "model.depth": 3, "model.num_heads": 4, "model.drop_path_rate": 0.2,
-    "model.global_pool": "token", "model.stem_norm": "group", "train.batch_size": 7, "train.lr": 0.01,
+    "model.global_pool": "token", "model.stem_norm": "group", "model.stem_depth": 2, "train.batch_size": 7, "train.lr": 0.01,
     "train.weight_decay": 0.1, "train.steps": 11, "train.warmup_steps": 2, "train.min_steps": 5,
     "train.early_stopping_patience": 3, "train.num_workers": 1, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
     "augment.translate": 0.01, "augment.noise_std": 0.001,
