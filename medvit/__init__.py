@@ -1,6 +1,6 @@
 """medvit: from-scratch Vision Transformers (2D and 3D, optional hybrid conv stem) in pure PyTorch."""
 
-from .explain import attention_maps, attention_rollout, rollout_heatmap
+from .explain import attention_maps, attention_rollout, readout_weights, rollout_heatmap
 from .layers import Attention, Block, ConvStem, DropPath, Mlp, PatchEmbed
 from .mae import MAEOutput, MaskedAutoencoder, patchify, random_masking, unpatchify
 from .pos_embed import resample_pos_embed, sincos_grid
@@ -25,6 +25,7 @@ __all__ = [
     "list_models",
     "patchify",
     "random_masking",
+    "readout_weights",
     "resample_pos_embed",
     "rollout_heatmap",
     "sincos_grid",

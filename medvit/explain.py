@@ -40,15 +40,41 @@ def attention_rollout(
 def rollout_heatmap(model: VisionTransformer, x: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """Rollout relevance of each patch for the prediction, upsampled to input size and scaled to [0, 1].
 
-    Returns (B, *img_size). With a class token the class-token row is used; without one, the mean over
-    all token rows. Only the patch columns are kept: the class and (DeiT) distillation tokens are skipped.
+    Returns (B, *img_size). The rollout rows are weighted by what the head reads (``readout_weights``): the
+    class token's row, the mean of the patch rows (``avg``), or the patch rows that win the maximum
+    (``max``). Only the patch columns are kept: the class and (DeiT) distillation tokens are skipped.
     """
     rollout = attention_rollout(attention_maps(model, x), head_fusion)
     prefix = model.num_prefix_tokens
-    relevance = rollout[:, 0, prefix:] if prefix else rollout.mean(dim=1)
+    readout = readout_weights(model, x)
+    relevance = (readout.unsqueeze(1) @ rollout[:, :, prefix:]).squeeze(1)
     grid = relevance.reshape(x.shape[0], 1, *model.grid_size)
     mode = "bilinear" if model.spatial_dims == 2 else "trilinear"
     heat = F.interpolate(grid, size=model.img_size, mode=mode, align_corners=False)[:, 0]
     flat = heat.flatten(1)
     low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     return ((flat - low) / (high - low).clamp_min(1e-12)).reshape_as(heat)
+
+
+@torch.no_grad()
+def readout_weights(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """How much each output token feeds the class head, (B, T), rows summing to 1.
+
+    ``token`` pooling (and a distilled model): the class token. ``avg``: every patch token alike. ``max``:
+    each patch token by the channels whose maximum it holds, a channel weighted by the magnitude of its
+    head weights (a token that wins no channel contributes nothing).
+    """
+    prefix, tokens = model.num_prefix_tokens, model.num_prefix_tokens + model.num_patches
+    weights = x.new_zeros(x.shape[0], tokens)
+    if model.global_pool == "token" or model.distilled:
+        weights[:, 0] = 1.0
+    elif model.global_pool == "avg":
+        weights[:, prefix:] = 1.0 / model.num_patches
+    else:
+        patches = model.forward_blocks(model.embed(x))[:, prefix:]
+        winner = patches.argmax(dim=1)  # (B, D): which patch token holds each channel's maximum
+        channel = model.head.weight.abs().sum(dim=0) if isinstance(model.head, torch.nn.Linear) else None
+        channel = torch.ones(patches.shape[-1], device=x.device) if channel is None else channel
+        votes = torch.zeros_like(patches[..., 0]).scatter_add_(1, winner, channel.expand_as(winner).to(x.dtype))
+        weights[:, prefix:] = votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return weights

@@ -56,3 +56,24 @@ def test_heatmap_highlights_where_the_model_attends():
     heat = medvit.rollout_heatmap(model, torch.zeros(1, 1, 32, 32))
     row, col = divmod(int(heat[0].argmax()), 32)
     assert 8 <= row < 16 and 16 <= col < 24
+
+
+def test_max_pooled_heatmap_follows_the_token_that_wins_the_maximum():
+    """Uniform attention (zero qkv): the rollout is the same for every token, so only the readout decides.
+    A bright patch at grid cell (2, 1) holds the per-channel maxima; the class token's row would be flat."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=1,
+                              global_pool="max").eval()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.zero_()
+        model.blocks[0].attn.qkv.bias.zero_()
+        model.patch_embed.proj.weight.abs_()  # a brighter patch gives larger tokens in every channel
+        model.pos_embed.zero_()
+    x = torch.zeros(1, 1, 32, 32)
+    x[:, :, 16:24, 8:16] = 3.0
+    weights = medvit.readout_weights(model, x)
+    assert weights[0, 0] == 0 and int(weights[0, 1:].argmax()) == 2 * 4 + 1
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(1))
+    heat = medvit.rollout_heatmap(model, x)
+    row, col = divmod(int(heat[0].argmax()), 32)
+    assert 16 <= row < 24 and 8 <= col < 16
