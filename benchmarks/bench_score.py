@@ -8,7 +8,7 @@
 Nothing is downloaded. A synthetic cohort is written once into ``--cache`` (a folder per kind, size, seed,
 image size and difficulty; reused while its ``cohort.json`` says the same) and a model package folder holding
 an untrained medvit ViT is written next to the run, in the format ``register`` writes: the ``--config`` model
-and preprocessing (default: the demo config of ``--kind``), with ``--set key=value`` overrides.
+and preprocessing (default: configs/xray_tiny_hybrid.yaml or configs/demo_mri.yaml, explicit recipes), with ``--set key=value`` overrides.
 
 Throughput, in studies/s over the same studies (the series ``run_score`` itself selects):
 
@@ -353,7 +353,10 @@ def main() -> None:
     if args.memory_studies is not None:
         args.kind = "xray"
     args.studies = args.studies or (300 if args.kind == "xray" else 20)
-    config_path = args.config or ROOT / "configs" / f"demo_{args.kind}.yaml"
+    # Explicit model configs: demo_xray.yaml leaves the network to the training plan, which an untrained
+    # bench package never runs (it fell back to the schema's vit_small at 224 px).
+    default = {"xray": "xray_tiny_hybrid.yaml", "mri": "demo_mri.yaml"}[args.kind]
+    config_path = args.config or ROOT / "configs" / default
     if args.threads:
         torch.set_num_threads(args.threads)
     device = engine.resolve_device(args.device, engine.Dist())

@@ -285,6 +285,44 @@ def test_sigkill_then_rerun_gives_complete_outputs(registered, xray_cohort, tmp_
     assert_same_outputs(read_outputs(out), {k: v.astype(str) for k, v in reference.items()})
 
 
+def test_a_killed_loader_worker_costs_only_a_retry(registered, xray_cohort, tmp_path):
+    """A DataLoader worker process killed for real (SIGKILL, as the OOM killer does) while `medvit score
+    --workers 2` runs: its unfinished series are decoded again in the main process, the run ends with the
+    same outputs as an undisturbed one, one stderr line names the dead worker, and there is no traceback."""
+    import psutil
+
+    folder = tmp_path / "in"
+    write_cohort(folder, "xray", studies=120, seed=31, image_size=64, difficulty=0.2)
+    build_mixed_folder(folder / "mixed", xray_cohort, studies=1)
+    inputs = [folder / "dicom", folder / "mixed"]
+    reference = run_score(options(inputs, registered[1], tmp_path / "ref")).frames
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipelines.cli", "score", *map(str, inputs), "--model", str(registered[1]),
+               "--out", str(out), "--batch-size", "1", "--workers", "2", "--device", "cpu"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial, killed = out / PARTIAL / "scores.csv", None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and process.poll() is None:
+        if partial.is_file() and partial.read_bytes().count(b"\n") > 5:  # header + 5 studies written
+            workers = psutil.Process(process.pid).children()
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.005)
+    assert killed is not None, "the run ended before a worker could be killed: give it more work"
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 3, stderr[-2000:]  # the mixed folder's bad files fail; nothing else does
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "decoding worker process failed" in line]
+    assert len(lines) == 1 and "unfinished series are decoded again" in lines[0], lines
+    got = read_outputs(out)
+    n_files = sum(p.is_file() for root in inputs for p in root.rglob("*"))
+    assert len(got["series_scores"]) + len(got["errors"]) == n_files and got["errors"]["path"].is_unique
+    assert_same_outputs(got, {k: v.astype(str) for k, v in reference.items()})
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["studies_scored"] == len(reference["scores"]) == 121
+
+
 # ---- shards ----------------------------------------------------------------------------------------------------
 def test_shards_merge_to_a_single_run(registered, new_folder, xray_cohort, tmp_path):
     build_mixed_folder(tmp_path / "mixed", xray_cohort, studies=2)
