@@ -287,7 +287,7 @@ def test_sigkill_then_rerun_gives_complete_outputs(registered, xray_cohort, tmp_
 
 def test_a_killed_loader_worker_costs_only_a_retry(registered, xray_cohort, tmp_path):
     """A DataLoader worker process killed for real (SIGKILL, as the OOM killer does) while `medvit score
-    --workers 2` runs: its unfinished series are decoded again in the main process, the run ends with the
+    --workers 2` runs: its unfinished series are decoded again in a fresh worker, the run ends with the
     same outputs as an undisturbed one, one stderr line names the dead worker, and there is no traceback."""
     import psutil
 

@@ -316,11 +316,33 @@ def _score_batches(loaded: LoadedModel, dataset: SeriesDataset, collector: Study
             _run_loader(loader, model, collector, device, amp, progress, heatmaps)
         except LoaderFailed as failed:
             left = [i for i in range(len(dataset)) if i not in collector.reported]
-            progress.write(f"medvit: a decoding worker process failed ({failed}): its "
-                           f"{len(left)} unfinished series are decoded again in this process", file=sys.stderr)
-            retry = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, left), batch_size=options.batch_size,
-                                                shuffle=False, num_workers=0, collate_fn=collate)
+            progress.write(f"medvit: a decoding worker process failed ({failed}): its {len(left)} unfinished "
+                           "series are decoded again, one at a time, in a fresh worker process", file=sys.stderr)
+            _retry_one_by_one(dataset, left, model, collector, device, amp, progress, heatmaps)
+
+
+def _retry_one_by_one(dataset: SeriesDataset, left: list[int], model: torch.nn.Module, collector: StudyCollector,
+                      device: torch.device, amp: torch.dtype | None, progress: Any, heatmaps: Any | None) -> None:
+    """Decode ``left`` one series at a time in one worker process (never in this one: a file that crashes its
+    decoder would take the run with it). A worker that dies twice with the same first unreported series died
+    on it (once could be a series decoded but not yet delivered): it gets a ``decode_error`` row and the rest
+    go on in a fresh worker."""
+    suspect = None
+    while left:
+        retry = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, left), batch_size=1, shuffle=False,
+                                            num_workers=1, collate_fn=collate, prefetch_factor=1)
+        try:
             _run_loader(retry, model, collector, device, amp, progress, heatmaps)
+            return
+        except LoaderFailed as failed:
+            left = [i for i in left if i not in collector.reported]
+            if left and left[0] == suspect:
+                progress.update(int(collector.add_error(suspect, DECODE_ERROR, (
+                    f"the decoding process died on this file twice ({failed}): a crash in a native decoder or "
+                    "the memory limit; check it with `medvit preview`, or exclude it"))))
+                left, suspect = left[1:], None
+            else:
+                suspect = left[0] if left else None
 
 
 class LoaderFailed(Exception):
