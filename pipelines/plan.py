@@ -2,7 +2,8 @@
 
 Pure: no files, no MLflow. ``make_plan`` is a deterministic function of the fingerprint (and of the few
 values the user fixed that other keys derive from); ``apply_plan`` fills only the keys the user left unset.
-Every number lives in ``Heuristics`` below: starting values, not yet tuned on real data.
+Every number lives in ``Heuristics`` below: mostly starting values; the pooling and the X-ray stem were chosen on
+real-base cohorts (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .splits import UNLABELLED
 # ---- the heuristics: every number of the planner, in one place ---------------------------------------------
 @dataclass(frozen=True)
 class Heuristics:
-    """The planner's table. Starting values (demo configs, common ViT recipes), not yet tuned on real data."""
+    """The planner's table. Starting values (demo configs, common ViT recipes); where a comment cites a figure,
+    it was chosen on real-base cohorts (docs/benchmarks.md)."""
 
     # validation split: below either count, selecting (and stopping) on validation is noisy
     small_val_series: int = 30              # labelled val series
