@@ -384,15 +384,26 @@ def _batches(loader: Any) -> Iterator[dict[str, Any]]:
     except Exception as exc:
         raise LoaderFailed(one_line(exc, 120) or type(exc).__name__) from exc
     with _worker_errors_between_batches() as check:
-        while True:
-            try:
-                check()
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except Exception as exc:  # e.g. "DataLoader worker (pid ...) is killed by signal", or an EOFError
-                raise LoaderFailed(one_line(exc, 120) or type(exc).__name__) from exc  # of a batch it half sent
-            yield batch
+        try:
+            while True:
+                try:
+                    check()
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                except Exception as exc:  # e.g. "DataLoader worker (pid ...) is killed by signal", or an EOFError
+                    raise LoaderFailed(one_line(exc, 120) or type(exc).__name__) from exc  # of a half-sent batch
+                yield batch
+        finally:
+            _stop_workers(iterator)
+
+
+def _stop_workers(iterator: Any) -> None:
+    """Shut the loader's workers down and unregister their pids before torch's SIGCHLD handler is back: a
+    registered dead worker would make it raise again later, anywhere (e.g. inside a progress-bar write)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
+    if shutdown is not None:
+        shutdown()
 
 
 def _heap_trimmer() -> Callable[[], object]:
