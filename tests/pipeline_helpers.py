@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ from pathlib import Path
 from conftest import cohort_config
 
 from pipelines.config import PipelineConfig
+from pipelines.modeling import build_model, model_kwargs, save_model
+from pipelines.stages.register import packaged_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = {"arch": "vit", "preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
@@ -46,6 +49,16 @@ def tiny_config(cohort: Path, out: Path, tracking_uri: str, *, registry: str = R
         tracking={"uri": tracking_uri, "experiment": experiment, "system_metrics": False},
         registry={"name": registry},
     )
+
+
+def write_untrained_package(folder: Path, config: PipelineConfig, name: str) -> Path:
+    """An untrained model of ``config`` in the package format `register` writes (all that scoring needs)."""
+    kwargs = model_kwargs(config)
+    save_model(folder / "best.safetensors", build_model(kwargs), kwargs)
+    (folder / "config.yaml").write_text(packaged_config(config))
+    (folder / "meta.json").write_text(json.dumps({"threshold": 0.5, "aggregate": "max", "kind": config.data.kind,
+                                                  "name": name}))
+    return folder
 
 
 def sqlite_uri(folder: Path) -> str:

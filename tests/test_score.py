@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import cohort_config
 from PIL import Image
-from pipeline_helpers import REGISTRY_NAME, sqlite_uri, tiny_config
+from pipeline_helpers import REGISTRY_NAME, sqlite_uri, tiny_config, write_untrained_package
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 from test_scan import SEG_STORAGE, copy_test_file, make_image, new_uid, write, write_jpeg_xl
@@ -34,10 +34,8 @@ from pipelines.dicom import reasons
 from pipelines.dicom.synth import write_cohort
 from pipelines.heatmaps import picture_size
 from pipelines.model_package import load_packaged_model
-from pipelines.modeling import build_model, model_kwargs, save_model
 from pipelines.score_outputs import PARTIAL, merge_shards
 from pipelines.stages.pipeline import run_pipeline
-from pipelines.stages.register import packaged_config
 from pipelines.stages.score import ScoreOptions, run_score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -390,12 +388,7 @@ def mri_package(mri_cohort, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mri_model")
     config = cohort_config(mri_cohort, "mri", folder, model={"preset": "vit3d_tiny", "embed_dim": 32, "depth": 2,
                                                              "num_heads": 2, "patch_size": 4})
-    kwargs = model_kwargs(config)
-    save_model(folder / "best.safetensors", build_model(kwargs), kwargs)
-    (folder / "config.yaml").write_text(packaged_config(config))
-    (folder / "meta.json").write_text(json.dumps({"threshold": 0.5, "aggregate": "max", "kind": "mri",
-                                                  "name": "mri_test"}))
-    return folder
+    return write_untrained_package(folder, config, "mri_test")
 
 
 def test_mri_scores_and_montage_heatmaps(mri_package, mri_cohort, tmp_path):

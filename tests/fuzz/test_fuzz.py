@@ -26,11 +26,9 @@ import pytest
 import yaml
 from conftest import cohort_config
 from corpus import Corpus, build
-from pipeline_helpers import TINY_MODEL, sqlite_uri
+from pipeline_helpers import TINY_MODEL, sqlite_uri, write_untrained_package
 
 from pipelines.dicom import reasons
-from pipelines.modeling import build_model, model_kwargs, save_model
-from pipelines.stages.register import packaged_config
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_RSS_BYTES = 2 << 30
@@ -65,13 +63,7 @@ def xray_package(tmp_path_factory) -> Path:
     """An untrained tiny X-ray ViT in the package format `register` writes (all that scoring needs)."""
     folder = tmp_path_factory.mktemp("fuzz_model")
     cohort = folder / "unused"
-    config = cohort_config(cohort, "xray", folder, model=TINY_MODEL)
-    kwargs = model_kwargs(config)
-    save_model(folder / "best.safetensors", build_model(kwargs), kwargs)
-    (folder / "config.yaml").write_text(packaged_config(config))
-    (folder / "meta.json").write_text(json.dumps({"threshold": 0.5, "aggregate": "max", "kind": "xray",
-                                                  "name": "fuzz"}))
-    return folder
+    return write_untrained_package(folder, cohort_config(cohort, "xray", folder, model=TINY_MODEL), "fuzz")
 
 
 def read_errors(path: Path) -> pd.DataFrame:
