@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: install test lint demo bench clean
 
@@ -31,7 +32,12 @@ test: lint
 demo: $(STAMP) $(MRICRON)
 	$(VENV)/bin/medvit demo --kind xray
 
-bench: $(STAMP)
+# The bench extra (einops, for MONAI's ViT) on top of the usual install.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_vit.py
 
 clean:

@@ -26,7 +26,7 @@ import pydicom
 import torch
 
 from pipelines.config import validate_config
-from pipelines.data import build_dataset
+from pipelines.data.dataset import build_dataset
 from pipelines.dicom.scan import PARALLEL_MIN_FILES, iter_dicom_files, scan
 from pipelines.dicom.synth import write_cohort
 from pipelines.stages.ingest import run_ingest

@@ -53,16 +53,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from pipelines.config import PipelineConfig, load_config
+from pipelines.data.scan_settings import selection_rules
 from pipelines.dicom.scan import scan
 from pipelines.dicom.synth import write_cohort
-from pipelines.inference import aggregate_studies, score_items, series_items
-from pipelines.metrics import bootstrap_ci
-from pipelines.modeling import input_size, load_model
-from pipelines.scan_settings import selection_rules
+from pipelines.layout import train_dir
+from pipelines.reporting.metrics import bootstrap_ci
+from pipelines.scoring.predictor import Predictor, series_item
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.pretrain import run_pretrain
 from pipelines.stages.register import packaged_config
-from pipelines.stages.train import epoch_path, run_train, train_dir
+from pipelines.stages.train import epoch_path, run_train
+from pipelines.training.modeling import input_size, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FORMAT = 2  # rows[name][seed] = record
@@ -110,9 +111,9 @@ def test_auroc(config: PipelineConfig, weights: Path, test_cohort: Path, ci: boo
     """Per-study AUROC of a saved model on the test cohort (preprocessed once into the bench's cache)."""
     model, _, _ = load_model(weights)
     scanned = scan([test_cohort / "dicom"], selection_rules(config))
-    series = [s for s in scanned.series if s.kind == config.data.kind]
-    scores = score_items(model, series_items(series), config, device=torch.device("cpu"), batch_size=32)
-    studies = aggregate_studies(scores, config.evaluate.aggregate)
+    series = scanned.series
+    predictor = Predictor(model, config, aggregate=config.evaluate.aggregate, batch_size=32, cache_dir=config.cache_dir)
+    studies = predictor.studies(predictor.score([series_item(s) for s in series]).series)
     labels = pd.read_csv(test_cohort / "labels.csv").set_index("StudyInstanceUID")["label"]
     y = (studies["study_uid"].map(labels) == "abnormal").astype(int).to_numpy()
     result = {"test_auroc": float(roc_auc_score(y, studies["score"])), "n_test": len(y)}

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipelines.metrics import bootstrap_ci
+from pipelines.reporting.metrics import bootstrap_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 MEDVIT = [sys.executable, "-m", "pipelines.cli"]

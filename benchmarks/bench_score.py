@@ -14,7 +14,7 @@ Throughput, in studies/s over the same studies (the series ``run_score`` itself 
 
 * end-to-end: wall time of ``run_score`` minus its own ``load_model`` time, i.e. scan, decode, preprocess,
   batched inference, the study bookkeeping and the final files;
-* decode-only: the same ``SeriesDataset`` + ``collate`` DataLoader that score builds (same batch size,
+* decode-only: the same DataLoader that score builds (``Predictor.loader``: same batch size,
   workers, pin_memory, prefetch), iterated without the model;
 * model-only: the packaged model's forward (inference mode, the same autocast, sigmoid and ``.cpu()`` as
   score) on the already-preprocessed batches, held on the device; series/s divided by series per study.
@@ -53,17 +53,18 @@ from pathlib import Path
 import psutil
 import torch
 
-from pipelines import engine
+from pipelines import runtime
 from pipelines.config import PipelineConfig, load_config
-from pipelines.data import IMAGE, deterministic_transforms
+from pipelines.data.dataset import IMAGE
+from pipelines.data.scan_settings import selection_rules
 from pipelines.dicom.scan import Series, scan
 from pipelines.dicom.synth import MARKER, write_cohort
-from pipelines.model_package import LoadedModel, load_packaged_model
-from pipelines.modeling import build_model, model_kwargs, save_model
-from pipelines.scan_settings import selection_rules
-from pipelines.score_outputs import ScoreOutputs
+from pipelines.scoring.model_package import LoadedModel, load_packaged_model
+from pipelines.scoring.outputs import ScoreOutputs
+from pipelines.scoring.predictor import Predictor, series_item
 from pipelines.stages.register import packaged_config
-from pipelines.stages.score import ScoreOptions, SeriesDataset, auto_workers, collate, run_score
+from pipelines.stages.score import ScoreOptions, auto_workers, run_score
+from pipelines.training.modeling import build_model, model_kwargs, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 E2E_TARGET = 0.8
@@ -126,17 +127,15 @@ def write_package(folder: Path, config: PipelineConfig) -> Path:
 def scored_series(loaded: LoadedModel, inputs: list[Path], workers: int | None) -> list[Series]:
     """The series run_score scores: same scan, selection rules and kind filter."""
     scanned = scan([str(p) for p in inputs], selection_rules(loaded.config), workers=auto_workers(workers))
-    return [s for s in scanned.series if s.kind == loaded.config.data.kind]
+    return list(scanned.series)
 
 
 # ---- the three measurements -----------------------------------------------------------------------------
-def loader_like_score(dataset: SeriesDataset, batch_size: int, workers: int | None,
+def loader_like_score(loaded: LoadedModel, series: list[Series], batch_size: int, workers: int | None,
                       device: torch.device) -> torch.utils.data.DataLoader:
-    """The DataLoader exactly as ``_score_batches`` builds it."""
-    n = auto_workers(workers)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n,
-                                       collate_fn=collate, pin_memory=device.type == "cuda",
-                                       prefetch_factor=4 if n else None)
+    """The DataLoader run_score scores from (``Predictor.loader``)."""
+    predictor = Predictor.from_package(loaded, device=device, batch_size=batch_size, workers=auto_workers(workers))
+    return predictor.loader([series_item(s) for s in series])
 
 
 def end_to_end(options: ScoreOptions) -> dict[str, float]:
@@ -168,7 +167,7 @@ def model_only(model: torch.nn.Module, batches: list[torch.Tensor], device: torc
     """Seconds of the forward pass score runs, on batches already on the device."""
     start = time.perf_counter()
     for images in batches:
-        with torch.inference_mode(), engine.autocast(device, amp):
+        with torch.inference_mode(), runtime.autocast(device, amp):
             torch.sigmoid(model(images).float().reshape(-1)).cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -184,14 +183,13 @@ def bench_throughput(args: argparse.Namespace, config_path: Path, device: torch.
     series = scored_series(loaded, inputs, args.workers)
     n_studies = len({s.study_uid for s in series})
     per_study = len(series) / max(n_studies, 1)
-    amp = engine.resolve_amp(args.amp, device)
+    amp = runtime.resolve_amp(args.amp, device)
     workers = auto_workers(args.workers)
     print(f"\n## {args.kind}: {n_studies} studies, {len(series)} series ({per_study:.2f} per study), "
           f"{config_path.name} ({config.model.arch} {config.model.preset}), batch {args.batch_size}, "
           f"workers {workers}, amp {amp or 'off'}")
 
-    loader = loader_like_score(SeriesDataset(series, deterministic_transforms(config)), args.batch_size,
-                               args.workers, device)
+    loader = loader_like_score(loaded, series, args.batch_size, args.workers, device)
     model = loaded.model.to(device).eval()
     rounds = 0
 
@@ -359,7 +357,7 @@ def main() -> None:
     config_path = args.config or ROOT / "configs" / default
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device, engine.Dist())
+    device = runtime.resolve_device(args.device, runtime.Dist())
     print(f"# bench_score: {machine(device)}")
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         if args.memory_studies is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import engine
+from pipelines import runtime
 from pipelines.config import load_config
 from pipelines.dicom.synth import write_cohort
 from pipelines.stages.ingest import run_ingest
@@ -33,10 +33,10 @@ def model_only(trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]
     images_seen = 0
     start = time.perf_counter()
     for images, labels in batches:
-        with engine.autocast(trainer.device, trainer.amp):
+        with runtime.autocast(trainer.device, trainer.amp):
             loss = trainer.loss_fn(trainer.model(images).float().reshape(-1), labels)
-        trainer.scaler.scale(loss).backward()
-        trainer._optimizer_step()
+        trainer.loop.scaler.scale(loss).backward()
+        trainer.loop.optimizer_step()
         images_seen += len(labels)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
@@ -55,12 +55,12 @@ def measure(config_path: Path, studies: int, amp: str, workers: int | None, tmp:
     config = load_config(config_path, overrides)
     if not (tmp / "run" / "manifest.parquet").is_file():
         run_ingest(config, track=False)
-    trainer = Trainer(config, engine.Dist(), engine.resolve_device(config.train.device, engine.Dist()))
+    trainer = Trainer(config, runtime.Dist(), runtime.resolve_device(config.train.device, runtime.Dist()))
     trainer.train_epoch(progress=False)  # fills the cache, warms up kernels
     trainer.epoch += 1
-    loader = engine.make_loader(trainer.train_set, batch_size=config.train.batch_size, num_workers=0,
+    loader = runtime.make_loader(trainer.train_set, batch_size=config.train.batch_size, num_workers=0,
                                 shuffle=True, seed=0, epoch=99, info=trainer.info)
-    batches = [(i, y) for i, y, _ in engine.batches(loader, trainer.device)]
+    batches = [(i, y) for i, y, _ in runtime.batches(loader, trainer.device)]
     end_to_end = trainer.train_epoch(progress=False)["images_per_sec"]
     return {"end_to_end": end_to_end, "model_only": model_only(trainer, batches)}
 

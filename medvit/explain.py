@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .vit import VisionTransformer
+from .vit import DistilledVisionTransformer, VisionTransformer
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def readout_weights(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """
     prefix, tokens = model.num_prefix_tokens, model.num_prefix_tokens + model.num_patches
     weights = x.new_zeros(x.shape[0], tokens)
-    if model.global_pool == "token" or model.distilled:
+    if model.global_pool == "token" or isinstance(model, DistilledVisionTransformer):
         weights[:, 0] = 1.0
     elif model.global_pool == "avg":
         weights[:, prefix:] = 1.0 / model.num_patches

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .layers import Block, ConvStem
-from .pos_embed import sincos_grid
+from .pos_embed import sincos_pos_embed
 from .vit import VisionTransformer
 
 
@@ -105,6 +105,8 @@ class MaskedAutoencoder(nn.Module):
 
     The encoder sees only the visible patch tokens plus its prefix tokens (class / distillation), with its
     own position embeddings (learned or sin-cos), blocks (gradient checkpointing included) and final norm.
+    The encoder builds that sequence (``patch_tokens``, ``prepend_prefix_tokens``); the MAE only drops the
+    masked patch tokens in between.
     The decoder is small and is thrown away after pretraining: a linear map to ``decoder_dim``, a learned
     mask token for every hidden patch, fixed sin-cos position embeddings, ``decoder_depth`` blocks, a norm
     and a linear map to the pixels of a patch. With ``norm_pix_loss`` the target of each patch is that
@@ -114,6 +116,9 @@ class MaskedAutoencoder(nn.Module):
     masked neighbours. The masked patches are therefore set to zero in pixel space before the stem, and
     their tokens are dropped after it; the stem still runs on the full image. (With a BatchNorm stem the
     zeros also enter the batch statistics, which is harmless for pretraining.)
+
+    ``set_img_size`` changes the input size of the encoder and the decoder together; ``forward`` never
+    changes the module's buffers.
 
     The encoder's classification head (and ``fc_norm`` of an average-pooling encoder) is not used; build
     the encoder with ``num_classes=0`` when training with DDP so that no parameter goes without gradient.
@@ -149,8 +154,14 @@ class MaskedAutoencoder(nn.Module):
 
     def _decoder_pos_table(self, dim: int) -> torch.Tensor:
         """(1, prefix + N, dim): zeros for the prefix tokens, then the sin-cos grid of the encoder."""
-        table = sincos_grid(dim, self.encoder.grid_size)
-        return torch.cat([table.new_zeros(self.encoder.num_prefix_tokens, dim), table]).unsqueeze(0)
+        return sincos_pos_embed(dim, self.encoder.grid_size, self.encoder.num_prefix_tokens)
+
+    def set_img_size(self, img_size: int | Sequence[int]) -> None:
+        """Change the input size: the encoder resamples its position embedding (see
+        ``VisionTransformer.set_img_size``) and the decoder's sin-cos table is rebuilt for the new grid."""
+        self.encoder.set_img_size(img_size)
+        table = self._decoder_pos_table(self.decoder_pos_embed.shape[-1])
+        self.decoder_pos_embed = table.to(self.decoder_pos_embed)
 
     def _init_decoder(self) -> None:
         for name, module in self.named_modules():
@@ -171,17 +182,11 @@ class MaskedAutoencoder(nn.Module):
         enc = self.encoder
         if tuple(imgs.shape[2:]) != enc.img_size:
             raise ValueError(f"input spatial size {tuple(imgs.shape[2:])} != encoder img_size {enc.img_size}")
-        b, n, prefix = imgs.shape[0], enc.num_patches, enc.num_prefix_tokens
-        ids_keep, mask, ids_restore = random_masking(b, n, mask_ratio, imgs.device, noise)
+        ids_keep, mask, ids_restore = random_masking(imgs.shape[0], enc.num_patches, mask_ratio, imgs.device, noise)
         if self.conv_stem:  # hide the masked pixels from the overlapping convolutions
             visible = 1.0 - patch_mask_to_pixels(mask, self.patch_size, enc.grid_size)
             imgs = imgs * visible.to(imgs.dtype)
-        x = enc.patch_embed(imgs) + enc.pos_embed[:, prefix:]
-        x = _gather_tokens(x, ids_keep)
-        tokens = [t for t in (enc.cls_token, enc.dist_token) if t is not None]
-        if tokens:
-            prefix_tokens = torch.cat(tokens, dim=1) + enc.pos_embed[:, :prefix]
-            x = torch.cat([prefix_tokens.expand(b, -1, -1).to(x.dtype), x], dim=1)
+        x = enc.prepend_prefix_tokens(_gather_tokens(enc.patch_tokens(imgs), ids_keep))
         x = enc.forward_blocks(enc.pos_drop(x))
         return enc.norm(x), mask, ids_restore
 
@@ -194,11 +199,11 @@ class MaskedAutoencoder(nn.Module):
         visible = x[:, prefix:]
         mask_tokens = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
         x_patches = _gather_tokens(torch.cat([visible, mask_tokens], dim=1), ids_restore)  # unshuffle
-        pos = self.decoder_pos_embed
-        if pos.shape[1] != prefix + n:  # the encoder's img_size was changed after construction
-            pos = self._decoder_pos_table(x.shape[-1]).to(x.device)
-            self.decoder_pos_embed = pos
-        x = torch.cat([x[:, :prefix], x_patches], dim=1) + pos
+        if self.decoder_pos_embed.shape[1] != prefix + n:
+            raise ValueError(f"the decoder's position table is for {self.decoder_pos_embed.shape[1] - prefix} "
+                             f"patches, the encoder gave {n}: change the input size with "
+                             "MaskedAutoencoder.set_img_size, not on the encoder alone")
+        x = torch.cat([x[:, :prefix], x_patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, prefix:]

@@ -1,7 +1,13 @@
-"""Position embeddings: fixed sin-cos tables for 2D/3D grids, and resampling to another grid size."""
+"""Position embeddings: fixed sin-cos tables for 2D/3D grids, the prefix/patch split, and resampling.
+
+A position embedding here is a (1, prefix + prod(grid), D) tensor: one row per prefix token (class token,
+distillation token), then one per patch in row-major order. The ViT and the MAE decoder both use these
+helpers, so the two agree on that layout.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +41,17 @@ def sincos_grid(embed_dim: int, grid_size: Sequence[int]) -> torch.Tensor:
     return table
 
 
+def sincos_pos_embed(embed_dim: int, grid_size: Sequence[int], num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Fixed (1, prefix + prod(grid), embed_dim) embedding: zeros for the prefix tokens, then ``sincos_grid``."""
+    table = sincos_grid(embed_dim, grid_size)
+    return torch.cat([table.new_zeros(num_prefix_tokens, embed_dim), table]).unsqueeze(0)
+
+
+def split_pos_embed(pos_embed: torch.Tensor, num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, prefix + N, D) -> (the prefix tokens' rows (1, prefix, D), the patches' rows (1, N, D))."""
+    return pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+
+
 def resample_pos_embed(
     pos_embed: torch.Tensor,
     new_grid: Sequence[int],
@@ -43,29 +60,23 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """Resample a (1, prefix + prod(old_grid), D) position embedding to ``new_grid``.
 
-    Prefix tokens (the class token) are kept as they are. 2D grids use bicubic interpolation with
+    Prefix tokens (class and distillation tokens) are kept as they are. 2D grids use bicubic interpolation with
     antialiasing (the convention timm uses, so ImageNet weights transfer exactly); 3D grids use trilinear,
     since PyTorch has no bicubic for volumes.
     """
     new_grid, old_grid = tuple(new_grid), tuple(old_grid)
     if new_grid == old_grid:
         return pos_embed
-    prefix, grid_tokens = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    prefix, grid_tokens = split_pos_embed(pos_embed, num_prefix_tokens)
     dim = grid_tokens.shape[-1]
-    if grid_tokens.shape[1] != _prod(old_grid):
-        raise ValueError(f"pos_embed has {grid_tokens.shape[1]} grid tokens, old grid {old_grid} needs {_prod(old_grid)}")
+    if grid_tokens.shape[1] != math.prod(old_grid):
+        raise ValueError(f"pos_embed has {grid_tokens.shape[1]} grid tokens, old grid {old_grid} needs {math.prod(old_grid)}")
     orig_dtype = grid_tokens.dtype
     grid = grid_tokens.float().reshape(1, *old_grid, dim).movedim(-1, 1)
     if len(old_grid) == 2:
         grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
     else:
         grid = F.interpolate(grid, size=new_grid, mode="trilinear", align_corners=False)
-    grid_tokens = grid.movedim(1, -1).reshape(1, _prod(new_grid), dim).to(orig_dtype)
+    grid_tokens = grid.movedim(1, -1).reshape(1, math.prod(new_grid), dim).to(orig_dtype)
     return torch.cat([prefix, grid_tokens], dim=1)
 
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out

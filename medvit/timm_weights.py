@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .pos_embed import resample_pos_embed
-from .vit import VisionTransformer
+from .vit import DistilledVisionTransformer, VisionTransformer, build_vit
 
 _PATCH_KEY = "patch_embed.proj.weight"
 _UNSUPPORTED = {
@@ -132,7 +132,7 @@ def from_timm(
     resamples the position embedding to the new grid (bicubic, antialiased, class token kept).
     Other keyword arguments (``drop_path_rate``, ``attn_impl``, ...) go to the constructor.
 
-    DeiT distilled weights (``dist_token``, ``head_dist``) build a distilled model. ``distilled=True``
+    DeiT distilled weights (``dist_token``, ``head_dist``) build a ``DistilledVisionTransformer``. ``distilled=True``
     with plain ViT weights starts the distillation token and head from their initialisation (its position
     embedding from the class token's); ``distilled=False`` with DeiT weights drops them, see
     ``match_distillation``.
@@ -146,11 +146,12 @@ def from_timm(
     if img_size is not None:
         config["img_size"] = img_size
     config.update(overrides)
-    model = VisionTransformer(**config)
-    sd = match_distillation(sd, model.distilled)
+    model = build_vit(**config)
+    distilled = isinstance(model, DistilledVisionTransformer)
+    sd = match_distillation(sd, distilled)
     sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, src_grid, model.num_prefix_tokens)
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    if model.distilled and "dist_token" not in sd:  # plain weights into a distilled model
+    if distilled and "dist_token" not in sd:  # plain weights into a distilled model
         missing = [k for k in missing if k not in _DIST_KEYS]
     if missing or unexpected:
         raise ValueError(f"timm weights do not match the inferred model: missing {missing}, unexpected {unexpected}")

@@ -16,10 +16,9 @@ from typing import Any
 import click
 
 import medvit
-
-from .config import ConfigError, PipelineConfig, load_config
-from .dicom.reasons import Rejected, is_failure
-from .report import reject_counts, summary_table
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.dicom.reasons import Rejected, is_failure
+from pipelines.reporting.console import reject_counts, summary_table
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 2, 3
 
@@ -78,8 +77,8 @@ def models_command() -> None:
               help="phantom = drawn anatomy; real = real radiographs / MR volumes from installed packages")
 def synth_command(out: Path, kind: str, studies: int, seed: int, difficulty: float, base: str) -> None:
     """Write a synthetic cohort as real DICOM: OUT/dicom/** and OUT/labels.csv."""
-    from .dicom.realbase import MissingBase
-    from .dicom.synth import write_cohort
+    from pipelines.dicom.realbase import MissingBase
+    from pipelines.dicom.synth import write_cohort
 
     try:
         summary = write_cohort(out, kind, studies, seed, difficulty=difficulty, base=base)
@@ -97,7 +96,7 @@ def synth_command(out: Path, kind: str, studies: int, seed: int, difficulty: flo
 @clean_errors
 def ingest_command(config_path: Path, overrides: tuple[str, ...]) -> None:
     """Scan DICOM, join labels, split by patient; write manifest, errors.csv and a data card."""
-    from .stages.ingest import run_ingest
+    from pipelines.stages.ingest import run_ingest
 
     config = _load(config_path, overrides)
     result = run_ingest(config, progress=True)
@@ -123,8 +122,8 @@ def ingest_command(config_path: Path, overrides: tuple[str, ...]) -> None:
 @clean_errors
 def plan_command(config_path: Path, overrides: tuple[str, ...]) -> None:
     """Fingerprint the ingested dataset and plan the training recipe: OUTPUT/plan.json (train.plan: auto)."""
-    from .planning import plan_rows
-    from .stages.plan import run_plan
+    from pipelines.stages.plan import run_plan
+    from pipelines.training.planning import plan_rows
 
     config = _load(config_path, overrides)
     result = run_plan(config)
@@ -145,7 +144,7 @@ def plan_command(config_path: Path, overrides: tuple[str, ...]) -> None:
 @clean_errors
 def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -> None:
     """Train the ViT on the manifest's train split (AMP on GPU, DDP under torchrun)."""
-    from .stages.train import run_train
+    from pipelines.stages.train import run_train
 
     config = _load(config_path, overrides)
     result = run_train(config, resume=resume, progress=True)
@@ -167,7 +166,7 @@ def train_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -
 @clean_errors
 def pretrain_command(config_path: Path, overrides: tuple[str, ...], resume: bool) -> None:
     """Masked-autoencoder pretraining on every eligible series (no labels); last line: `encoder: URI`."""
-    from .stages.pretrain import run_pretrain
+    from pipelines.stages.pretrain import run_pretrain
 
     config = _load(config_path, overrides)
     result = run_pretrain(config, resume=resume, progress=True)
@@ -185,7 +184,7 @@ def pretrain_command(config_path: Path, overrides: tuple[str, ...], resume: bool
 @clean_errors
 def evaluate_command(config_path: Path, overrides: tuple[str, ...]) -> None:
     """Test-split metrics at the validation-chosen threshold, with CIs, per-group tables and plots."""
-    from .stages.evaluate import run_evaluate
+    from pipelines.stages.evaluate import run_evaluate
 
     config = _load(config_path, overrides)
     result = run_evaluate(config)
@@ -207,7 +206,7 @@ def evaluate_command(config_path: Path, overrides: tuple[str, ...]) -> None:
 @clean_errors
 def register_command(config_path: Path, overrides: tuple[str, ...], alias: str | None) -> None:
     """Log the best model as an MLflow pyfunc, register it and set an alias; attach a model card."""
-    from .stages.register import run_register
+    from pipelines.stages.register import run_register
 
     config = _load(config_path, overrides)
     result = run_register(config, alias=alias)
@@ -226,7 +225,7 @@ def register_command(config_path: Path, overrides: tuple[str, ...], alias: str |
 @clean_errors
 def preview_command(path: Path, out: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Render what the model will see after preprocessing (a slice montage for MRI)."""
-    from .preview import render_preview
+    from pipelines.scoring.preview import render_preview
 
     if not path.exists():
         raise ConfigError(f"'{path}' does not exist: pass a DICOM file or folder")
@@ -254,7 +253,8 @@ def preview_command(path: Path, out: Path, config_path: Path | None, overrides: 
 @click.option("--log-mlflow", is_flag=True, help="record counts and timings in an MLflow run (medvit.stage=score)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader workers (default: 0 on <= 2 cores, else up to 8)")
+              help="worker processes: they read DICOM headers during the scan (of a large input) and decode series "
+              "while the model scores; 0 does both in this process (default: CPU cores - 1, at most 8; 0 on one core)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--aggregate", type=click.Choice(["max", "mean"]), default=None,
               help="series -> study score (default: the model's)")
@@ -264,7 +264,7 @@ def score_command(inputs: tuple[Path, ...], model_uri: str, out: Path, heatmaps:
                   overwrite: bool, log_mlflow: bool, batch_size: int, workers: int | None, device: str,
                   aggregate: str | None, parquet: bool) -> None:
     """Score every study under INPUT... with a registered model; resumable, shardable, atomic outputs."""
-    from .stages.score import ScoreOptions, parse_shard, run_score
+    from pipelines.stages.score import ScoreOptions, parse_shard, run_score
 
     options = ScoreOptions(inputs=list(inputs), model=model_uri, out=out, heatmaps=heatmaps,
                            shard=parse_shard(shard) if shard else None, overwrite=overwrite, log_mlflow=log_mlflow,
@@ -294,7 +294,7 @@ def score_command(inputs: tuple[Path, ...], model_uri: str, out: Path, heatmaps:
 @clean_errors
 def merge_scores_command(out: Path) -> None:
     """Merge OUT/shards/I-of-N outputs (e.g. copied from several machines) into OUT."""
-    from .score_outputs import merge_shards
+    from pipelines.scoring.outputs import merge_shards
 
     summary = merge_shards(out)
     if summary is None:
@@ -318,7 +318,7 @@ def _echo_errors(errors: Any, limit: int = 20) -> None:
 @clean_errors
 def run_command(config_path: Path, overrides: tuple[str, ...], alias: str | None) -> None:
     """ingest, train, evaluate and register in one MLflow parent run (each stage a child run)."""
-    from .stages.pipeline import run_pipeline
+    from pipelines.pipeline import run_pipeline
 
     config = _load(config_path, overrides)
     result = run_pipeline(config, alias=alias, progress=True)
@@ -333,7 +333,7 @@ def run_command(config_path: Path, overrides: tuple[str, ...], alias: str | None
 @clean_errors
 def demo_command(kind: str, out: Path, studies: int | None) -> None:
     """Synthesize a cohort, run every stage, register the model and score a fresh folder."""
-    from .stages.pipeline import run_demo
+    from pipelines.pipeline import run_demo
 
     click.echo(run_demo(kind, out, studies))
 
@@ -344,7 +344,7 @@ def demo_command(kind: str, out: Path, studies: int | None) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="use this config's tracking.uri")
 def ui_command(port: int, host: str, config_path: Path | None) -> None:
     """Open the MLflow UI on the configured store (default sqlite:///mlflow.db here)."""
-    from .tracking import tracking_uri
+    from pipelines.tracking import tracking_uri
 
     uri = tracking_uri(load_config(config_path) if config_path else None)
     click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C to stop)")

@@ -6,6 +6,7 @@ every validation problem into one ``ConfigError`` line (the CLI prints it and ex
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,6 @@ class SelectionConfig(Section):
     series_description_exclude: list[str] = Field(default_factory=list)
     image_type_exclude: list[str] = ["LOCALIZER"]
     min_slices: int = Field(8, ge=1)
-    allow_color: bool = False
 
 
 class LimitsConfig(Section):
@@ -65,7 +65,9 @@ class XrayPreprocess(Section):
     img_size: int = Field(224, ge=8)
     percentiles: tuple[float, float] = (0.5, 99.5)
     voi_window: bool = False
-    color: Literal["reject", "gray"] = "reject"
+    color: Literal["reject", "gray"] = Field(
+        "reject", description="colour (RGB, YBR, PALETTE COLOR) X-rays, for scan and reader alike: reject -> "
+                              "unsupported_photometric at ingest and score; gray -> kept and read as luminance")
 
 
 class MriPreprocess(Section):
@@ -312,13 +314,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+# Keys that were removed in favour of another: the unknown-key error names the replacement.
+REPLACED_KEYS = {
+    "data.selection.allow_color": "preprocess.xray.color (reject|gray), which now decides colour X-rays for "
+                                  "scan and reader alike",
+}
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden" and key in REPLACED_KEYS:
+        return f"unknown config key '{key}': it was replaced by {REPLACED_KEYS[key]}"
     if error["type"] == "extra_forbidden":
         return f"unknown config key '{key}': check its spelling against configs/ and the README"
     if error["type"] == "missing":
         return f"missing config key '{key}': add it to the YAML or pass --set {key}=..."
     return f"config key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def without_replaced_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config written by an earlier version (a packaged model's ``config.yaml``) without the keys of
+    ``REPLACED_KEYS``, so it still validates; user configs are validated as they are and fail on them."""
+    out = copy.deepcopy(raw)
+    for key in REPLACED_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 import yaml
 
-from .config import PipelineConfig, flatten_tree
+from pipelines.config import PipelineConfig, flatten_tree
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "medvit.stage"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.checkpoint import load_state, save_state
+from pipelines.training.checkpoint import load_state, save_state
 
 
 def test_round_trip_of_a_real_training_state(tmp_path):

@@ -15,19 +15,19 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import cohort_config
+from helpers.pipeline import cohort_config, sqlite_uri
 from mlflow import MlflowClient
 from monai.networks import nets
-from pipeline_helpers import sqlite_uri
 from safetensors import safe_open
 from torch import nn
 
 import medvit
 from pipelines.cli import cli
 from pipelines.config import ConfigError, dump_config
-from pipelines.manifest import read_manifest
-from pipelines.model_package import load_packaged_model
-from pipelines.modeling import (
+from pipelines.data.manifest import read_manifest
+from pipelines.scoring.model_package import load_packaged_model
+from pipelines.stages.train import run_train
+from pipelines.training.modeling import (
     CNN_ARCHS,
     arch_of,
     build_model,
@@ -37,7 +37,6 @@ from pipelines.modeling import (
     param_groups,
     save_model,
 )
-from pipelines.stages.train import run_train
 
 SIZES = {"xray": 32, "mri": [32, 32, 32]}  # densenet121 needs >= 29 pixels per side
 MONAI_CLASS = {"densenet121": nets.DenseNet121, "resnet18": nets.ResNet, "resnet50": nets.ResNet}

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config import ConfigError
-from pipelines.labels import parse_label, read_labels
-from pipelines.privacy import Pseudonymizer, load_or_create_key
-from pipelines.splits import UNLABELLED, assign_splits
+from pipelines.data.labels import parse_label, read_labels
+from pipelines.data.privacy import Pseudonymizer, load_or_create_key
+from pipelines.data.splits import UNLABELLED, assign_splits
 
 
 def test_labels_accept_numbers_and_words_and_report_bad_rows(tmp_path):

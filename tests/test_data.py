@@ -8,11 +8,11 @@ import struct
 
 import pytest
 import torch
-from conftest import cohort_config
+from helpers.pipeline import cohort_config
 from monai.data import DataLoader, MetaTensor
 
-from pipelines.data import IMAGE, LABEL, build_dataset, preprocess_digest
-from pipelines.manifest import read_manifest
+from pipelines.data.dataset import IMAGE, LABEL, build_dataset, preprocess_digest
+from pipelines.data.manifest import read_manifest
 from pipelines.stages.ingest import run_ingest
 
 

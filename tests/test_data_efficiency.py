@@ -13,21 +13,19 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import cohort_config
-from pipeline_helpers import tiny_config
-from test_train import _train_cli
-from test_train import fresh_out as fresh
+from helpers.pipeline import cohort_config, tiny_config, train_cli
+from helpers.pipeline import fresh_out as fresh
 
-from pipelines import recipes
-from pipelines.checkpoint import load_state
 from pipelines.cli import cli
 from pipelines.config import ConfigError, dump_config
-from pipelines.engine import Dist
-from pipelines.modeling import build_model, load_model, model_kwargs
+from pipelines.pipeline import run_pipeline
+from pipelines.runtime import Dist
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.pipeline import run_pipeline
-from pipelines.stages.pretrain import run_pretrain
+from pipelines.stages.pretrain import Pretrainer, run_pretrain
 from pipelines.stages.train import Trainer, run_train
+from pipelines.training import techniques
+from pipelines.training.checkpoint import load_state
+from pipelines.training.modeling import build_model, load_model, model_kwargs
 
 TRAIN = {"epochs": 2, "batch_size": 6, "lr": 1e-3, "num_workers": 0, "deterministic": True,
          "early_stopping_patience": None, "warmup_epochs": 0.5, "device": "cpu"}
@@ -100,6 +98,17 @@ def test_pretrain_resume_continues_the_epochs(xray_cohort, tmp_path):
     assert load_state(out / "pretrain" / "last.safetensors")["epoch"] == 2
 
 
+def test_pretrain_runs_in_the_training_loop_with_its_shared_train_keys(xray_cohort, tmp_path):
+    """train.accumulate and train.grad_clip apply to pretraining (the same loop as train), not silently dropped."""
+    config = config_for(xray_cohort, tmp_path / "out", pretrain={"epochs": 1, "batch_size": 4},
+                        train={"accumulate": 2, "grad_clip": 0.5})
+    trainer = Pretrainer(config, Dist(), torch.device("cpu"), progress=False)
+    n_batches = -(-len(trainer.dataset) // 4)
+    assert trainer.loop.accumulate == 2 and trainer.loop.grad_clip == 0.5
+    trainer.train_epoch(progress=False)
+    assert trainer.loop.step == -(-n_batches // 2) < n_batches  # one optimizer step per two micro-batches
+
+
 def test_pretrain_refuses_a_cnn_arch(xray_cohort, tmp_path):
     with pytest.raises(ConfigError, match="trains a ViT encoder"):
         run_pretrain(config_for(xray_cohort, tmp_path / "o", model={"arch": "resnet18"}), track=False)
@@ -114,7 +123,7 @@ def test_init_loads_every_encoder_weight_only_heads_differ(pretrained, xray_coho
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pretrained[1])
     config = config_for(xray_cohort, ingested)
     model = build_model(model_kwargs(config))
-    report = recipes.load_init(model, encoder_uri(pretrained))
+    report = techniques.load_init(model, encoder_uri(pretrained))
     assert set(report["missing"]) == {"head.weight", "head.bias"} and report["unexpected"] == []
     encoder, _, _ = load_model(ingested / "pretrain" / "encoder.safetensors")
     for key, value in encoder.state_dict().items():
@@ -126,7 +135,7 @@ def test_init_into_an_average_pooling_model_takes_every_block_and_a_fresh_fc_nor
     config = config_for(xray_cohort, ingested, model={"global_pool": "avg"})
     model = build_model(model_kwargs(config))
     fresh_fc_norm = model.fc_norm.weight.clone()
-    report = recipes.load_init(model, str(ingested / "pretrain" / "encoder.safetensors"))
+    report = techniques.load_init(model, str(ingested / "pretrain" / "encoder.safetensors"))
     assert set(report["missing"]) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
     assert report["unexpected"] == []
     encoder, _, _ = load_model(ingested / "pretrain" / "encoder.safetensors")
@@ -140,7 +149,7 @@ def test_init_resamples_position_embeddings_for_another_size(pretrained, xray_co
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pretrained[1])
     config = config_for(xray_cohort, ingested, preprocess={"xray": {"img_size": 48}})
     model = build_model(model_kwargs(config))
-    recipes.load_init(model, str(ingested / "pretrain" / "encoder.safetensors"))
+    techniques.load_init(model, str(ingested / "pretrain" / "encoder.safetensors"))
     assert model.pos_embed.shape == (1, 1 + 36, 32)
     encoder, _, _ = load_model(ingested / "pretrain" / "encoder.safetensors")
     assert torch.equal(model.blocks[1].mlp.fc2.weight, encoder.blocks[1].mlp.fc2.weight)
@@ -160,28 +169,47 @@ def test_init_from_timm_format_weights(xray_cohort, tmp_path):
     source = build_model(model_kwargs(config) | {"num_classes": 1000})
     torch.save({"model": source.state_dict()}, tmp_path / "vit.pth")
     model = build_model(model_kwargs(config))
-    report = recipes.load_init(model, str(tmp_path / "vit.pth"))
+    report = techniques.load_init(model, str(tmp_path / "vit.pth"))
     assert report["unexpected"] == []
     assert torch.equal(model.patch_embed.proj.weight, source.patch_embed.proj.weight)
 
 
 def test_train_from_init_with_layer_decay(pretrained, xray_cohort, ingested, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", pretrained[1])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the runs:/ encoder is found through the config's store, not ./mlflow.db
     out = fresh(ingested, tmp_path, "init")
-    config = config_for(xray_cohort, out, train={"init": encoder_uri(pretrained), "layer_decay": 0.5, "epochs": 1})
+    config = config_for(xray_cohort, out, train={"init": encoder_uri(pretrained), "layer_decay": 0.5, "epochs": 1},
+                        tracking={"uri": pretrained[1]})
     trainer = Trainer(config, Dist(), torch.device("cpu"))
-    lrs = sorted({g["initial_lr"] for g in trainer.optimizer.param_groups})
+    lrs = sorted({g["initial_lr"] for g in trainer.loop.optimizer.param_groups})
     assert lrs == pytest.approx([1e-3 * 0.5 ** k for k in (3, 2, 1, 0)])  # embed, block 0, block 1, head
     assert run_train(config, track=False).epochs_run == 1
 
 
 # ---- distillation ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def teacher(xray_cohort, tmp_path_factory) -> Path:
-    """A registered model of this pipeline (local folder) to distil from."""
+def registered_teacher(xray_cohort, tmp_path_factory) -> tuple[Path, str]:
+    """A model of this pipeline registered as ``teacher`` version 1: (its local folder, its store's URI)."""
     root = tmp_path_factory.mktemp("teacher")
-    return run_pipeline(tiny_config(xray_cohort, root / "run", f"sqlite:///{root / 'mlflow.db'}",
-                                    registry="teacher")).register.local_model
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    return run_pipeline(tiny_config(xray_cohort, root / "run", store, registry="teacher")).register.local_model, store
+
+
+@pytest.fixture(scope="module")
+def teacher(registered_teacher) -> Path:
+    """The registered teacher's local folder."""
+    return registered_teacher[0]
+
+
+def test_a_models_uri_teacher_is_read_from_the_configs_store(registered_teacher, xray_cohort, ingested, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default store (./mlflow.db) holds no teacher
+    out = fresh(ingested, tmp_path, "uri")
+    config = config_for(xray_cohort, out, train={"distill": {"teacher": "models:/teacher/1"}},
+                        tracking={"uri": registered_teacher[1]})
+    trainer = Trainer(config, Dist(), torch.device("cpu"))
+    assert trainer.teacher is not None and trainer.teacher.label == "teacher/1"
 
 
 def test_teacher_gets_no_gradient_and_does_not_change(teacher, xray_cohort, ingested, tmp_path):
@@ -202,7 +230,7 @@ def test_teacher_gets_no_gradient_and_does_not_change(teacher, xray_cohort, inge
 
 
 def test_hard_distillation_loss_follows_the_teacher():
-    teacher = recipes.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 1.0)
+    teacher = techniques.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 1.0)
     agree = teacher.loss(torch.zeros(4), torch.full((4,), 5.0), torch.zeros(4), torch.full((4,), 3.0),
                          torch.nn.BCEWithLogitsLoss())
     disagree = teacher.loss(torch.zeros(4), torch.full((4,), -5.0), torch.zeros(4), torch.full((4,), 3.0),
@@ -278,7 +306,7 @@ def test_train_cli_with_unlabelled_distillation_records_how_many_series(teacher,
 
 
 def test_unlabelled_items_count_for_the_teacher_loss_only():
-    teacher = recipes.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 0.25)
+    teacher = techniques.Teacher(torch.nn.Identity(), (1,), "t", "hard", 1.0, 0.25)
     bce = torch.nn.BCEWithLogitsLoss()
     cls_logits, dist_logits = torch.tensor([2.0, -1.0, 0.5, 3.0]), torch.tensor([1.0, 0.0, -2.0, 0.5])
     teacher_logits = torch.tensor([4.0, -4.0, 4.0, -4.0])
@@ -306,14 +334,14 @@ def test_progressive_schedule_sizes_and_batch(xray_cohort, tmp_path):
     config = config_for(xray_cohort, tmp_path, train={"epochs": 4, "progressive_batch": "auto",
                                                       "progressive": [{"epochs": 1, "img_size": 16},
                                                                       {"epochs": 1, "img_size": 24}]})
-    assert recipes.epoch_sizes(config) == [(16, 16), (24, 24), (32, 32), (32, 32)]
-    assert [recipes.epoch_batch_size(config, s) for s in ((16, 16), (24, 24), (32, 32))] == [24, 10, 6]
+    assert techniques.epoch_sizes(config) == [(16, 16), (24, 24), (32, 32), (32, 32)]
+    assert [techniques.epoch_batch_size(config, s) for s in ((16, 16), (24, 24), (32, 32))] == [24, 10, 6]
     too_long = config_for(xray_cohort, tmp_path, train={"epochs": 1, "progressive": [{"epochs": 2, "img_size": 16}]})
     with pytest.raises(ConfigError, match="more than train.epochs"):
-        recipes.epoch_sizes(too_long)
+        techniques.epoch_sizes(too_long)
     model = build_model(model_kwargs(config))
     with pytest.raises(ConfigError, match="multiple of the patch size"):
-        recipes.check_patch_fit(model, [(20, 20)])
+        techniques.check_patch_fit(model, [(20, 20)])
 
 
 def test_progressive_resume_across_the_size_change_matches_a_straight_run(xray_cohort, ingested, tmp_path):
@@ -322,8 +350,8 @@ def test_progressive_resume_across_the_size_change_matches_a_straight_run(xray_c
     for name in ("straight", "killed"):
         out = fresh(ingested, tmp_path, name)
         paths[name] = write_config(config_for(xray_cohort, out, train=progressive), out / "c.yaml")
-    straight = _train_cli(paths["straight"])
-    killed = _train_cli(paths["killed"])
+    straight = train_cli(paths["straight"])
+    killed = train_cli(paths["killed"])
     last = tmp_path / "killed" / "train" / "last.safetensors"
     deadline = time.time() + 240
     while not last.is_file() and time.time() < deadline and killed.poll() is None:
@@ -332,7 +360,7 @@ def test_progressive_resume_across_the_size_change_matches_a_straight_run(xray_c
     killed.wait()
     state = load_state(last)
     assert state["epoch"] == 1 and json.loads(state["img_size"]) == [16, 16], "the kill must land in the small stage"
-    resumed = _train_cli(paths["killed"], "--resume")
+    resumed = train_cli(paths["killed"], "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
     a, b = load_state(tmp_path / "straight" / "train" / "last.safetensors"), load_state(last)

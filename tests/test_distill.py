@@ -1,4 +1,4 @@
-"""DeiT distillation token and the layer ids used for layer-wise learning-rate decay."""
+"""DeiT distillation (DistilledVisionTransformer) and the layer ids used for layer-wise learning-rate decay."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 import medvit
-from medvit import VisionTransformer
+from medvit import DistilledVisionTransformer, VisionTransformer, build_vit
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 3, "img_size": 32, "patch_size": 8}
 
 
 def tiny_vit(**kw) -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(**{**TINY, **kw})
+    return build_vit(**{**TINY, **kw})
 
 
 # ---- distillation token ------------------------------------------------------------------------------------
@@ -26,7 +26,8 @@ def test_distilled_shapes_and_forward_is_the_mean_of_both_heads(spatial_dims, im
         cls_logits, dist_logits = model.forward_distill(x)
         out = model(x)
         feats = model.forward_features(x)
-    assert model.num_prefix_tokens == 2 and model.config["distilled"] is True
+    assert isinstance(model, DistilledVisionTransformer) and model.config["distilled"] is True
+    assert model.num_prefix_tokens == 2 and model.prefix_parameters() == [model.cls_token, model.dist_token]
     assert model.pos_embed.shape == (1, 2 + model.num_patches, 32)
     assert feats.shape == (2, 2 + model.num_patches, 32)
     assert cls_logits.shape == dist_logits.shape == out.shape == (2, 3)
@@ -35,11 +36,47 @@ def test_distilled_shapes_and_forward_is_the_mean_of_both_heads(spatial_dims, im
     torch.testing.assert_close(model.forward_head(feats, pre_logits=True), (feats[:, 0] + feats[:, 1]) / 2)
 
 
-def test_distilled_model_needs_a_class_token():
+def test_distilled_model_needs_a_class_token_and_each_class_its_own_flag():
     with pytest.raises(ValueError, match="distilled=True needs class_token"):
         tiny_vit(distilled=True, class_token=False, global_pool="avg")
-    with pytest.raises(RuntimeError, match="distilled=True"):
-        tiny_vit().forward_distill(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="DistilledVisionTransformer"):
+        VisionTransformer(**TINY, distilled=True)
+    with pytest.raises(ValueError, match="plain VisionTransformer"):
+        DistilledVisionTransformer(**TINY, distilled=False)
+
+
+def test_build_vit_and_create_model_pick_the_class_from_distilled():
+    assert type(tiny_vit()) is VisionTransformer and type(tiny_vit(distilled=False)) is VisionTransformer
+    assert type(tiny_vit(distilled=True)) is DistilledVisionTransformer
+    assert type(medvit.create_model("vit_tiny", depth=1, distilled=True)) is DistilledVisionTransformer
+    assert type(medvit.create_model("vit_tiny", depth=1)) is VisionTransformer
+
+
+def test_a_plain_model_has_no_distillation_attributes():
+    plain = tiny_vit()
+    for name in ("dist_token", "head_dist", "distilled", "forward_distill", "forward_head_distill", "pool_distill"):
+        assert not hasattr(plain, name), name
+    assert plain.config["distilled"] is False and plain.num_prefix_tokens == 1
+    assert plain.prefix_parameters() == [plain.cls_token]
+
+
+def test_a_distilled_model_round_trips_through_save_and_load_as_the_subclass(tmp_path):
+    from pipelines.training.modeling import load_model, save_model
+
+    model = tiny_vit(distilled=True, global_pool="avg", pos_embed="sincos").eval()
+    with torch.no_grad():  # move every weight off its initial value, so a fresh model cannot pass by chance
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()}
+    save_model(tmp_path / "m.safetensors", model, kwargs)
+    loaded, saved_kwargs, _ = load_model(tmp_path / "m.safetensors")
+    assert type(loaded) is DistilledVisionTransformer and saved_kwargs["distilled"] is True
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        for got, want in zip(loaded.forward_distill(x), model.forward_distill(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_distilled_with_average_pooling_class_head_reads_the_patch_mean_and_dist_head_its_token():
@@ -64,8 +101,10 @@ def test_plain_state_dict_keys_are_unchanged_and_distilled_adds_three():
     assert not any("dist" in k for k in plain_keys)
     assert set(distilled.state_dict()) == plain_keys | {"dist_token", "head_dist.weight", "head_dist.bias"}
     assert plain.num_prefix_tokens == 1 and plain.pos_embed.shape == (1, 17, 32)
-    rebuilt = VisionTransformer(**distilled.config)
+    rebuilt = build_vit(**distilled.config)
+    assert type(rebuilt) is DistilledVisionTransformer and rebuilt.config == distilled.config
     rebuilt.load_state_dict(distilled.state_dict())  # strict: config round trip gives the same model
+    assert type(VisionTransformer(**plain.config)) is VisionTransformer  # a plain config builds either way
 
 
 def test_gradients_flow_to_both_heads_and_tokens():
@@ -150,7 +189,7 @@ def test_from_timm_reads_deit_distilled_weights():
     # model's state dict is a timm DeiT-distilled state dict
     source = tiny_vit(distilled=True).eval()
     model = medvit.from_timm({f"model.{k}": v for k, v in source.state_dict().items()}, num_heads=4).eval()
-    assert model.distilled and model.num_prefix_tokens == 2
+    assert isinstance(model, DistilledVisionTransformer) and model.num_prefix_tokens == 2
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_distill(x), source.forward_distill(x))
@@ -162,7 +201,7 @@ def test_from_timm_reads_deit_distilled_weights():
 def test_from_timm_plain_weights_into_a_distilled_model_and_back():
     plain = tiny_vit().eval()
     model = medvit.from_timm(plain.state_dict(), num_heads=4, distilled=True)
-    assert model.distilled
+    assert isinstance(model, DistilledVisionTransformer)
     pos = model.pos_embed.detach()
     torch.testing.assert_close(pos[:, 1], pos[:, 0])  # distillation slot starts from the class token's
     torch.testing.assert_close(pos[:, [0, *range(2, 18)]], plain.pos_embed.detach())
@@ -170,7 +209,7 @@ def test_from_timm_plain_weights_into_a_distilled_model_and_back():
     assert model.dist_token.abs().sum() > 0  # kept at its fresh (non-zero) initialisation
     # and DeiT weights into a plain model drop the distillation token: same class path as before
     back = medvit.from_timm(model.state_dict(), num_heads=4, distilled=False).eval()
-    assert not back.distilled and set(back.state_dict()) == set(plain.state_dict())
+    assert type(back) is VisionTransformer and set(back.state_dict()) == set(plain.state_dict())
     with torch.no_grad():
         x = torch.randn(2, 1, 32, 32)
         torch.testing.assert_close(back(x), plain(x))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import cohort_config
+from helpers.pipeline import cohort_config
 
 from pipelines.cli import cli
-from pipelines.manifest import COLUMNS, read_manifest
+from pipelines.data.manifest import COLUMNS, read_manifest
 from pipelines.stages.ingest import run_ingest
 
 

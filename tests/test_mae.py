@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medvit import MaskedAutoencoder, VisionTransformer, patchify, random_masking, unpatchify
+from medvit import (
+    MaskedAutoencoder,
+    VisionTransformer,
+    build_vit,
+    patchify,
+    random_masking,
+    sincos_pos_embed,
+    unpatchify,
+)
 from medvit.mae import patch_mask_to_pixels
 
 SIZES = {2: 32, 3: 16}  # 2D images 32^2, 3D volumes 16^3
@@ -18,7 +26,7 @@ def tiny_encoder(spatial_dims: int = 2, **kw) -> VisionTransformer:
     torch.manual_seed(0)
     cfg = {"spatial_dims": spatial_dims, "img_size": SIZES[spatial_dims], "patch_size": 8 if spatial_dims == 2 else 4,
            "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 0}
-    return VisionTransformer(**{**cfg, **kw})
+    return build_vit(**{**cfg, **kw})
 
 
 def tiny_mae(spatial_dims: int = 2, mae_kw: dict | None = None, **kw) -> MaskedAutoencoder:
@@ -270,7 +278,7 @@ def test_encoder_state_dict_loads_into_a_plain_vit(kw, heads):
     mae = tiny_mae(**{**kw, "num_classes": 7})
     mae(images(mae)).loss.backward()  # make sure the encoder is in a trained-like state
     sd = mae.encoder_state_dict()
-    fresh = VisionTransformer(**{**mae.encoder.config, "num_classes": 3})
+    fresh = build_vit(**{**mae.encoder.config, "num_classes": 3})
     missing, unexpected = fresh.load_state_dict(sd, strict=False)
     assert sorted(missing) == heads and unexpected == []
     fresh.eval()
@@ -280,11 +288,40 @@ def test_encoder_state_dict_loads_into_a_plain_vit(kw, heads):
         torch.testing.assert_close(fresh.forward_features(x), mae.encoder.forward_features(x))
 
 
-def test_encoder_img_size_change_rebuilds_the_decoder_positions():
-    mae = tiny_mae()
-    mae.encoder.set_img_size(48)
+@pytest.mark.parametrize("kw", [{}, {"distilled": True, "pos_embed": "sincos"}])
+def test_set_img_size_rebuilds_the_decoder_positions(kw):
+    mae = tiny_mae(**kw)
+    prefix = mae.encoder.num_prefix_tokens
+    mae.set_img_size(48)
+    assert mae.encoder.img_size == (48, 48) and mae.decoder_pos_embed.shape == (1, prefix + 36, 32)
+    torch.testing.assert_close(mae.decoder_pos_embed, sincos_pos_embed(32, (6, 6), prefix))
     out = mae(torch.randn(2, 1, 48, 48))
-    assert out.pred.shape == (2, 36, 64) and mae.decoder_pos_embed.shape == (1, 37, 32)
+    assert out.pred.shape == (2, 36, 64)
+
+
+def assert_same_buffers(module: torch.nn.Module, before: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    after = dict(module.named_buffers())
+    assert set(after) == set(before)
+    for name, (buf, values) in before.items():
+        assert after[name] is buf and torch.equal(after[name], values), name
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every buffer: (the tensor object itself, a copy of its values)."""
+    return {name: (buf, buf.detach().clone()) for name, buf in module.named_buffers()}
+
+
+def test_forward_leaves_the_buffers_unchanged():
+    mae = tiny_mae(pos_embed="sincos")  # the encoder's table is a buffer too
+    before = snapshot(mae)
+    assert {"decoder_pos_embed", "encoder.pos_embed"} <= set(before)
+    mae(images(mae)).loss.backward()
+    assert_same_buffers(mae, before)
+    mae.encoder.set_img_size(48)  # the encoder alone: the decoder's table no longer fits, and stays as it is
+    before = snapshot(mae)
+    with pytest.raises(ValueError, match="MaskedAutoencoder.set_img_size"):
+        mae(torch.randn(2, 1, 48, 48))
+    assert_same_buffers(mae, before)
 
 
 def test_no_weight_decay_names_exist():

@@ -17,7 +17,7 @@ import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from pipelines.metrics import (
+from pipelines.reporting.metrics import (
     DEGENERATE_THRESHOLD,
     METRIC_FIELDS,
     BinaryMetrics,
@@ -28,7 +28,7 @@ from pipelines.metrics import (
     expected_calibration_error,
     metrics_by_group,
 )
-from pipelines.plots import (
+from pipelines.reporting.plots import (
     confusion_figure,
     pr_figure,
     reliability_figure,
@@ -393,7 +393,7 @@ def test_plots_survive_degenerate_input(tmp_path):
 
 
 def test_module_imports_no_heavy_or_gui_dependency():
-    code = ("import sys, pipelines.metrics, pipelines.plots; "
+    code = ("import sys, pipelines.reporting.metrics, pipelines.reporting.plots; "
             "print(sorted(m for m in ('torch', 'monai', 'mlflow', 'matplotlib.pyplot') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,11 +9,11 @@ import urllib.request
 import mlflow
 import pandas as pd
 import pytest
+from helpers.pipeline import REGISTRY_NAME, STAGES, mlflow_server, tiny_config
 from mlflow import MlflowClient
-from pipeline_helpers import REGISTRY_NAME, STAGES, mlflow_server, tiny_config
 
-from pipelines.pyfunc_model import OUTPUT_COLUMNS
-from pipelines.stages.pipeline import run_pipeline
+from pipelines.pipeline import run_pipeline
+from pipelines.scoring.pyfunc_model import OUTPUT_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from mlflow import MlflowClient
-from pipeline_helpers import (
+from helpers.pipeline import (
     REGISTRY_NAME,
     STAGES,
     capture_everything,
@@ -33,15 +32,16 @@ from pipeline_helpers import (
     sqlite_uri,
     tiny_config,
 )
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines.cli import cli
 from pipelines.config import dump_config, validate_config
-from pipelines.planning import planned_config
-from pipelines.pyfunc_model import OUTPUT_COLUMNS
-from pipelines.stages.pipeline import run_pipeline
+from pipelines.pipeline import run_pipeline
+from pipelines.scoring.pyfunc_model import OUTPUT_COLUMNS
 from pipelines.stages.register import packaged_config, run_register
 from pipelines.tracking import safe_config_yaml, safe_params
+from pipelines.training.planning import planned_config
 
 EVALUATE_METRICS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "specificity", "ece")
 EPOCH_METRICS = ("train_loss", "val_auroc", "lr", "images_per_sec")

@@ -10,18 +10,18 @@ import mlflow
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_train import fresh_out, tiny_config
+from helpers.pipeline import fresh_out, train_config
 
-from pipelines.checkpoint import load_state
 from pipelines.cli import cli
 from pipelines.config import ConfigError, TrainConfig, dump_config, get_key, load_config
-from pipelines.early_stopping import EarlyStopping
-from pipelines.manifest import load_manifest
-from pipelines.plan import fingerprint, make_plan
-from pipelines.planning import resolve
+from pipelines.data.manifest import load_manifest
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.register import model_card
 from pipelines.stages.train import run_train
+from pipelines.training.checkpoint import load_state
+from pipelines.training.early_stopping import EarlyStopping
+from pipelines.training.plan import fingerprint, make_plan
+from pipelines.training.planning import resolve
 
 # A large, balanced X-ray dataset; the tests change one thing at a time.
 BIG = {"n_train": 2000, "n_val": 400, "n_test": 400, "n_unlabelled": 0, "abnormal_fraction": 0.5,
@@ -54,13 +54,13 @@ def minimal_yaml(cohort: Path, out: Path, file: str = "config.yaml", **sections)
 @pytest.fixture(scope="module")
 def ingested(xray_cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("plan_ingest")
-    run_ingest(tiny_config(xray_cohort, out))
+    run_ingest(train_config(xray_cohort, out))
     return out
 
 
 # ---- fingerprint and plan: pure ------------------------------------------------------------------------
 def test_fingerprint_counts_the_manifest_in_rounded_values_without_identifiers(xray_cohort, ingested):
-    manifest = load_manifest(tiny_config(xray_cohort, ingested))
+    manifest = load_manifest(train_config(xray_cohort, ingested))
     fp = fingerprint(manifest, "xray")
     labelled = manifest[manifest["label"].notna()]
     assert fp["n_train"] == int((labelled["split"] == "train").sum()) > 0
@@ -154,7 +154,7 @@ def test_a_related_key_keeps_the_users_design(xray_cohort, ingested):
 
 
 def test_a_dumped_config_sets_every_key_so_nothing_is_planned(xray_cohort, ingested, tmp_path):
-    config = tiny_config(xray_cohort, ingested)
+    config = train_config(xray_cohort, ingested)
     (tmp_path / "dumped.yaml").write_text(dump_config(config))
     resolved = resolve(load_config(tmp_path / "dumped.yaml"))  # steps: null is set too
     assert resolved.record["applied"] == [] and resolved.config == config
@@ -180,7 +180,7 @@ def test_early_stopping_smooths_and_waits_for_min_steps():
 def test_early_stopping_cannot_fire_before_min_steps(xray_cohort, ingested, tmp_path):
     """A training whose validation never improves (lr too small to move float32 weights), patience 1."""
     out = fresh_out(ingested, tmp_path, "flat")
-    config = tiny_config(xray_cohort, out, epochs=8, lr=1e-12, min_lr=0.0, early_stopping_patience=1,
+    config = train_config(xray_cohort, out, epochs=8, lr=1e-12, min_lr=0.0, early_stopping_patience=1,
                          min_steps=10, early_stopping_smoothing=0.0)
     result = run_train(config, track=False)
     losses = {h["val_loss"] for h in result.history}
@@ -192,7 +192,7 @@ def test_early_stopping_cannot_fire_before_min_steps(xray_cohort, ingested, tmp_
 
 def test_train_steps_is_the_exact_optimizer_step_budget_and_the_plan_is_logged(xray_cohort, ingested, tmp_path):
     out = fresh_out(ingested, tmp_path, "steps")
-    config = tiny_config(xray_cohort, out, steps=7, warmup_steps=2, min_lr=1e-5)  # 3 steps an epoch
+    config = train_config(xray_cohort, out, steps=7, warmup_steps=2, min_lr=1e-5)  # 3 steps an epoch
     result = run_train(config)
     state = load_state(Path(result.last_path))
     assert state["step"] == result.steps_run == 7 and result.epochs_run == 3  # 3 + 3 + 1; train.epochs=3 unused
@@ -209,7 +209,7 @@ def test_train_steps_is_the_exact_optimizer_step_budget_and_the_plan_is_logged(x
 
 def test_progressive_stages_must_fit_in_the_step_budget(xray_cohort, ingested, tmp_path):
     out = fresh_out(ingested, tmp_path, "prog")
-    config = tiny_config(xray_cohort, out, steps=2, progressive=[{"epochs": 2, "img_size": 16}])
+    config = train_config(xray_cohort, out, steps=2, progressive=[{"epochs": 2, "img_size": 16}])
     with pytest.raises(ConfigError, match="train.progressive"):
         run_train(config, track=False)
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from pipelines.cli import cli
 from pipelines.config import validate_config
 from pipelines.dicom.scan import scan
-from pipelines.preview import series_picture
+from pipelines.scoring.preview import series_picture
 
 
 def test_preview_xray_and_mri_write_pngs(xray_cohort, mri_cohort, tmp_path):

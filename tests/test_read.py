@@ -282,10 +282,10 @@ def test_installed_plugins_cover_htj2k() -> None:
 
 
 def test_missing_plugin_message_names_pip_packages() -> None:
-    from pipelines.dicom.read import _install_hint
+    from pipelines.dicom.rules import install_hint
 
-    hint = _install_hint(["pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0", "gdcm - requires gdcm>=3.0.10"])
-    assert hint == "pip install pylibjpeg pylibjpeg-openjpeg or pip install python-gdcm"
+    hint = install_hint(["gdcm - requires gdcm>=3.0.10", "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0"])
+    assert hint == "pip install 'pylibjpeg>=2.0' 'pylibjpeg-openjpeg>=2.0' (or: pip install 'python-gdcm>=3.0.10')"
 
 
 def test_malformed_header_value_is_decode_error(tmp_path: Path) -> None:
@@ -431,7 +431,7 @@ def test_mr_small_window() -> None:
 def test_colour_rejected_or_converted_to_luminance(name: str) -> None:
     with pytest.raises(DicomError) as caught:
         read_xray(bundled(name))
-    assert caught.value.reason_code == reasons.UNSUPPORTED_PHOTOMETRIC and "color='gray'" in caught.value.message
+    assert caught.value.reason_code == reasons.UNSUPPORTED_PHOTOMETRIC and "preprocess.xray.color" in caught.value.message
     rgb = pydicom.dcmread(bundled(name)).pixel_array.astype(float)  # pydicom converts YBR to RGB
     gray = read_xray(bundled(name), color="gray").pixels
     np.testing.assert_allclose(gray, 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2], rtol=1e-5)

@@ -22,20 +22,27 @@ import pandas as pd
 import pydicom
 import pytest
 from click.testing import CliRunner
-from conftest import cohort_config
+from helpers.dicom import (
+    ENHANCED_MR_STORAGE,
+    SEG_STORAGE,
+    copy_test_file,
+    make_image,
+    new_uid,
+    write,
+    write_jpeg_xl,
+)
+from helpers.pipeline import REGISTRY_NAME, cohort_config, sqlite_uri, tiny_config, write_untrained_package
 from PIL import Image
-from pipeline_helpers import REGISTRY_NAME, sqlite_uri, tiny_config, write_untrained_package
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
-from test_scan import SEG_STORAGE, copy_test_file, make_image, new_uid, write, write_jpeg_xl
 
 from pipelines.cli import cli
 from pipelines.dicom import reasons
 from pipelines.dicom.synth import write_cohort
-from pipelines.heatmaps import picture_size
-from pipelines.model_package import load_packaged_model
-from pipelines.score_outputs import PARTIAL, merge_shards
-from pipelines.stages.pipeline import run_pipeline
+from pipelines.pipeline import run_pipeline
+from pipelines.scoring.heatmaps import picture_size
+from pipelines.scoring.model_package import load_packaged_model
+from pipelines.scoring.outputs import PARTIAL, merge_shards
 from pipelines.stages.score import ScoreOptions, run_score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +100,25 @@ def test_scores_match_the_registered_pyfunc(registered, new_folder, tmp_path):
     assert len(joined) == 40
     np.testing.assert_allclose(joined["score"].astype(float), joined["score_pyfunc"], atol=1e-6)
     assert (joined["prediction"] == joined["prediction_pyfunc"]).all()
+
+
+def test_mr_files_in_a_folder_an_xray_model_scores_are_exclusions_and_exit_0(registered, new_folder, tmp_path):
+    """MR files without slice or per-frame geometry (which an MRI run rejects as failures) next to X-rays that
+    all score: the X-ray model lists them as unsupported_modality exclusions and the run exits 0."""
+    folder = tmp_path / "in"
+    shutil.copytree(new_folder / "dicom", folder / "xray")
+    slice_ = make_image("MR", series=new_uid())
+    del slice_.ImagePositionPatient, slice_.ImageOrientationPatient
+    enhanced = make_image("MR", sop_class=ENHANCED_MR_STORAGE, series=new_uid(), frames=3)
+    del enhanced.ImagePositionPatient, enhanced.ImageOrientationPatient
+    mr = [write(slice_, folder / "mr" / "slice"), write(enhanced, folder / "mr" / "enhanced")]
+    result = invoke(["score", str(folder), "--model", str(registered[1]), "--out", str(tmp_path / "out"),
+                     "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv")
+    assert dict(zip(errors["path"], errors["reason_code"], strict=True)) == dict.fromkeys(map(str, mr),
+                                                                                      "unsupported_modality")
+    assert len(pd.read_csv(tmp_path / "out" / "scores.csv")) == 40
 
 
 @pytest.mark.parametrize("model, message", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,47 +13,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cohort_config
+from helpers.pipeline import fresh_out, train_cli, train_config
 from safetensors.torch import load_file
 
-from pipelines.checkpoint import load_state
 from pipelines.config import dump_config
-from pipelines.engine import Dist
-from pipelines.modeling import load_model
+from pipelines.runtime import Dist
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.train import Trainer, improved, run_train
-
-TINY_MODEL = {"arch": "vit", "preset": "vit_tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8,
-              "global_pool": "token"}  # each model choice explicit: the plan would pick them otherwise
-
-
-def tiny_config(cohort: Path, out: Path, **train):
-    return cohort_config(
-        cohort, "xray", out, model=TINY_MODEL,
-        train={"epochs": 3, "batch_size": 6, "lr": 1e-3, "num_workers": 0, "deterministic": True,
-               "early_stopping_patience": None, "warmup_epochs": 0.5, **train},
-        tracking={"uri": f"sqlite:///{out / 'mlflow.db'}", "system_metrics": False},
-    )
+from pipelines.training.checkpoint import load_state
+from pipelines.training.modeling import load_model
 
 
 @pytest.fixture(scope="module")
 def ingested(xray_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("train_ingest")
-    run_ingest(tiny_config(xray_cohort, out))
-    return out
-
-
-def fresh_out(ingested: Path, tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    out.mkdir()
-    for f in ("manifest.parquet", ".pseudonym_key"):
-        (out / f).write_bytes((ingested / f).read_bytes())
+    run_ingest(train_config(xray_cohort, out))
     return out
 
 
 def test_train_writes_best_and_last_checkpoints_and_history(xray_cohort, ingested, tmp_path):
     out = fresh_out(ingested, tmp_path, "a")
-    result = run_train(tiny_config(xray_cohort, out))
+    result = run_train(train_config(xray_cohort, out))
     assert result.epochs_run == 3 and len(result.history) == 3
     assert {"train_loss", "val_auroc", "val_loss", "lr", "images_per_sec"} <= set(result.history[0])
     model, kwargs, extra = load_model(Path(result.best_path))
@@ -66,7 +47,7 @@ def test_train_writes_best_and_last_checkpoints_and_history(xray_cohort, ingeste
 
 def test_best_epoch_has_the_highest_val_auroc_then_the_lowest_val_loss(xray_cohort, ingested, tmp_path):
     out = fresh_out(ingested, tmp_path, "best")
-    config = tiny_config(xray_cohort, out, epochs=4)
+    config = train_config(xray_cohort, out, epochs=4)
     result = run_train(config, track=False)
     top = max(h["val_auroc"] for h in result.history)
     tied = [h for h in result.history if h["val_auroc"] == top]
@@ -83,7 +64,7 @@ def test_best_epoch_has_the_highest_val_auroc_then_the_lowest_val_loss(xray_coho
 
 def test_optimizer_groups_skip_decay_for_norms_biases_embeddings():
     import medvit
-    from pipelines.modeling import param_groups
+    from pipelines.training.modeling import param_groups
 
     model = medvit.VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2)
     decay, no_decay = param_groups(model, 0.05)
@@ -94,10 +75,25 @@ def test_optimizer_groups_skip_decay_for_norms_biases_embeddings():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
 
-def _train_cli(config_path: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", "--config", str(config_path), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("kw", [{}, {"stem": "conv", "stem_depth": 1, "distilled": True}])
+def test_one_weight_decay_rule_for_plain_and_layer_decay_groups(kw):
+    import medvit
+    from pipelines.training.modeling import no_weight_decay_names, param_groups
+    from pipelines.training.techniques import layer_decay_groups
+
+    model = medvit.build_vit(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, **kw)
+    rule = no_weight_decay_names(model)
+    embeddings = {"pos_embed", "cls_token"} | ({"dist_token"} if kw else set())
+    assert embeddings <= rule and "patch_embed.proj.weight" not in rule and "blocks.0.attn.qkv.weight" not in rule
+    if kw:  # a 4-D conv weight is decayed, the stem's BatchNorm is not
+        assert "patch_embed.stem.0.weight" not in rule and "patch_embed.stem.1.weight" in rule
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def undecayed(groups):
+        return {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+    assert undecayed(param_groups(model, 0.05)) == rule
+    assert undecayed(layer_decay_groups(model, 0.05, 1e-3, 0.75)) == rule
 
 
 def test_resume_after_sigkill_ends_exactly_like_an_uninterrupted_run(xray_cohort, ingested, tmp_path):
@@ -105,9 +101,9 @@ def test_resume_after_sigkill_ends_exactly_like_an_uninterrupted_run(xray_cohort
     for name in ("straight", "killed"):
         out = fresh_out(ingested, tmp_path, name)
         paths[name] = out / "config.yaml"
-        paths[name].write_text(dump_config(tiny_config(xray_cohort, out, epochs=4)))
-    straight = _train_cli(paths["straight"])
-    killed = _train_cli(paths["killed"])
+        paths[name].write_text(dump_config(train_config(xray_cohort, out, epochs=4)))
+    straight = train_cli(paths["straight"])
+    killed = train_cli(paths["killed"])
     last = tmp_path / "killed" / "train" / "last.safetensors"
     deadline = time.time() + 240
     while not last.is_file() and time.time() < deadline and killed.poll() is None:
@@ -117,7 +113,7 @@ def test_resume_after_sigkill_ends_exactly_like_an_uninterrupted_run(xray_cohort
     killed.wait()
     epoch_at_kill = load_state(last)["epoch"]
     assert 1 <= epoch_at_kill < 4, "the kill must land before the run finished"
-    resumed = _train_cli(paths["killed"], "--resume")
+    resumed = train_cli(paths["killed"], "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
     a = load_state(tmp_path / "straight" / "train" / "last.safetensors")
@@ -135,7 +131,7 @@ def test_resume_after_sigkill_ends_exactly_like_an_uninterrupted_run(xray_cohort
 def test_two_process_ddp_on_cpu_with_gloo(xray_cohort, ingested, tmp_path):
     out = fresh_out(ingested, tmp_path, "ddp")
     config = out / "config.yaml"
-    config.write_text(dump_config(tiny_config(xray_cohort, out, epochs=2)))
+    config.write_text(dump_config(train_config(xray_cohort, out, epochs=2)))
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipelines.cli", "train",
                            "--config", str(config)], capture_output=True, text=True, timeout=300,
@@ -144,20 +140,27 @@ def test_two_process_ddp_on_cpu_with_gloo(xray_cohort, ingested, tmp_path):
     assert proc.stdout.count("train test_xray") == 1  # rank 0 alone reports
     state = load_state(out / "train" / "last.safetensors")
     assert state["epoch"] == 2
-    history = state["history"]
-    assert all(h["val_auroc"] == h["val_auroc"] for h in history)  # computed from both ranks' shards
+    # each rank scored its shard of the validation set; the metrics come from both shards put together, so they
+    # equal what one process computes on the whole set with the same (final) weights
+    single = Trainer(train_config(xray_cohort, out, epochs=2), Dist(), torch.device("cpu"))
+    single.module.load_state_dict(state["model"])
+    alone = single.validate()
+    assert len(single.val_set) >= 4 and math.isfinite(alone["val_auroc"]) and math.isfinite(alone["val_loss"])
+    combined = state["history"][-1]
+    assert combined["val_auroc"] == pytest.approx(alone["val_auroc"], abs=1e-9)
+    assert combined["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_explicit_amp_modes_train_on_cpu(xray_cohort, ingested, tmp_path, amp):
-    from pipelines import engine
+    from pipelines import runtime
 
-    dtype = engine.resolve_amp(amp, torch.device("cpu"))
+    dtype = runtime.resolve_amp(amp, torch.device("cpu"))
     assert dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
-    assert engine.resolve_amp("auto", torch.device("cpu")) is None  # auto is off on CPU
-    assert engine.make_scaler(torch.device("cpu"), dtype).is_enabled() == (amp == "fp16")  # loss scaling for fp16
+    assert runtime.resolve_amp("auto", torch.device("cpu")) is None  # auto is off on CPU
+    assert runtime.make_scaler(torch.device("cpu"), dtype).is_enabled() == (amp == "fp16")  # loss scaling for fp16
     out = fresh_out(ingested, tmp_path, amp)
-    result = run_train(tiny_config(xray_cohort, out, epochs=1, amp=amp), track=False)
+    result = run_train(train_config(xray_cohort, out, epochs=1, amp=amp), track=False)
     assert result.epochs_run == 1 and result.history[0]["train_loss"] == result.history[0]["train_loss"]
     state = load_state(Path(result.last_path))
     assert bool(state["scaler"]) == (amp == "fp16")

@@ -211,3 +211,42 @@ def test_set_img_size_resamples_and_keeps_parameter():
 def test_no_weight_decay_names_exist():
     names = dict(tiny_vit().named_parameters())
     assert tiny_vit().no_weight_decay() <= set(names)
+
+
+def test_config_holds_every_constructor_argument_as_given():
+    import inspect
+
+    params = [p for p in inspect.signature(VisionTransformer.__init__).parameters if p != "self"]
+    given = {"img_size": (32, 48), "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 4, "num_classes": 3,
+             "global_pool": "max", "pos_embed": "sincos", "stem": "conv", "stem_norm": "group", "stem_depth": 1,
+             "drop_rate": 0.1, "pos_drop_rate": 0.2, "attn_drop_rate": 0.3, "drop_path_rate": 0.4, "init_values": 0.5,
+             "norm_eps": 1e-5, "attn_impl": "explicit", "qkv_bias": False, "mlp_ratio": 2.0, "in_chans": 2}
+    model = VisionTransformer(**given)
+    assert list(model.config) == params  # every argument, in signature order
+    assert {k: model.config[k] for k in given} == given
+    defaults = {p.name: p.default for p in inspect.signature(VisionTransformer.__init__).parameters.values()}
+    assert all(model.config[k] == defaults[k] for k in params if k not in given)
+    assert VisionTransformer(**model.config).config == model.config
+
+
+def test_constructor_docstring_explains_every_argument():
+    import inspect
+
+    doc = inspect.getdoc(VisionTransformer.__init__)
+    params = [p for p in inspect.signature(VisionTransformer.__init__).parameters if p != "self"]
+    missing = [p for p in params if f"\n    {p}: " not in doc]
+    assert not missing
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_sincos_position_embedding_is_the_shared_table(class_token):
+    kw = {"global_pool": "token" if class_token else "avg", "class_token": class_token, "pos_embed": "sincos"}
+    model = tiny_vit(img_size=(32, 48), **kw)
+    prefix = int(class_token)
+    table = medvit.sincos_pos_embed(32, (4, 6), prefix)
+    assert torch.equal(model.pos_embed, table)
+    prefix_rows, patch_rows = medvit.split_pos_embed(table, prefix)
+    assert prefix_rows.shape == (1, prefix, 32) and prefix_rows.abs().sum() == 0
+    assert torch.equal(patch_rows[0], medvit.sincos_grid(32, (4, 6)))
+    x = torch.randn(2, 1, 32, 48)
+    torch.testing.assert_close(model.patch_tokens(x), model.patch_embed(x) + patch_rows)

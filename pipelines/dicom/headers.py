@@ -49,11 +49,11 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from .geometry import FrameGeometry, frame_geometries, pixel_spacing_of, single_slice_spacing
-from .isolation import captured_warnings, is_fatal, warning_note
-from .limits import (
+from pipelines.dicom.geometry import FrameGeometry, frame_geometries, pixel_spacing_of, single_slice_spacing
+from pipelines.dicom.isolation import captured_warnings, is_fatal, warning_note
+from pipelines.dicom.limits import (
     DEFAULT_LIMITS,
     Limits,
     element_problem,
@@ -61,8 +61,8 @@ from .limits import (
     pixel_bytes,
     pixel_bytes_problem,
 )
-from .rawheader import CHUNK, DEFER_SIZE, MEDIA_STORAGE_DIRECTORY, PlainHeader, read_plain
-from .reasons import (
+from pipelines.dicom.rawheader import CHUNK, DEFER_SIZE, MEDIA_STORAGE_DIRECTORY, PlainHeader, read_plain
+from pipelines.dicom.reasons import (
     DECODE_ERROR,
     NOT_A_FILE,
     NOT_DICOM,
@@ -72,14 +72,13 @@ from .reasons import (
     DicomError,
     Rejected,
 )
+from pipelines.dicom.rules import transfer_syntax_of
 
 PIXEL_DATA = 0x7FE00010
 ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)+$")
-_NATIVE_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
-                  (False, False): "1.2.840.10008.1.2.2"}
 
 
 @dataclass(frozen=True)
@@ -263,7 +262,7 @@ def _read_open_file(name: str, fh: BinaryIO, size: int, limits: Limits = DEFAULT
         return Skipped(name, "DICOM media storage directory (DICOMDIR) (not followed)")
     if watch.hit_eof:
         return Rejected(name, TRUNCATED, "file ends inside its header (truncated copy?): copy or export it again")
-    transfer_syntax = _transfer_syntax(ds)
+    transfer_syntax = str(transfer_syntax_of(ds))
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         has_pixels = _deflated_has_pixel_data(fh)
     else:
@@ -379,13 +378,6 @@ def _is_directory(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
     return MEDIA_STORAGE_DIRECTORY in (media_class, _text(ds, "SOPClassUID")) or "DirectoryRecordSequence" in ds
-
-
-def _transfer_syntax(ds: Dataset) -> str:
-    """The file's transfer syntax UID, or the native syntax pydicom inferred when the meta lacks it."""
-    meta = getattr(ds, "file_meta", None)
-    uid = _text(meta, "TransferSyntaxUID") if meta is not None else ""
-    return uid or _NATIVE_SYNTAX.get(tuple(ds.original_encoding), "")
 
 
 def _deflated_has_pixel_data(fh: BinaryIO) -> bool:
@@ -601,11 +593,6 @@ def _serve() -> None:
         outcomes = [encode_outcome(read_header(path, limits)) for path in json.loads(line)]
         results.write(json.dumps(outcomes) + "\n")
         results.flush()
-
-
-def uid_name(uid: str) -> str:
-    """The registered name of a UID, or the UID itself when pydicom does not know it."""
-    return UID(uid).name if uid else "(none)"
 
 
 def _text(ds: Dataset | PlainHeader | None, keyword: str) -> str:

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .reasons import TOO_LARGE, DicomError
+from pipelines.dicom.reasons import TOO_LARGE, DicomError
 
 MIB = 1 << 20
 INFLATE_CHUNK = 1 << 20  # compressed bytes read per step while measuring a deflated data set

@@ -13,7 +13,8 @@ Conventions (what other code may rely on):
 - ``voi_window=True`` (X-ray): WindowCenter/Width or VOILUTSequence (``apply_voi_lut``), scaled to [0, 1]
   (window bottom -> 0, top -> 1; inverted for MONOCHROME1); without a VOI the modality range is scaled instead.
 - Colour (RGB, YBR_* decoded to RGB by pydicom, PALETTE COLOR): ``color="gray"`` gives BT.601 luminance
-  ``0.299 R + 0.587 G + 0.114 B``; ``"reject"`` raises UNSUPPORTED_PHOTOMETRIC.
+  ``0.299 R + 0.587 G + 0.114 B``; ``"reject"`` raises UNSUPPORTED_PHOTOMETRIC. Which photometric
+  interpretations and transfer syntaxes are read is ``rules.image_problem``, the check scan makes on headers.
 - Axes: an X-ray keeps display orientation, ``(rows, cols)``, spacing ``(row spacing, col spacing)``, and its
   MONAI affine is ``diag(row spacing, col spacing, 1)``. A volume follows the ITK/NIfTI convention:
   ``(i, j, k)`` = (column, row, slice) with a RAS affine (see ``geometry.py``).
@@ -27,20 +28,19 @@ data set is measured before it is inflated, and pixels are never decoded beyond 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydicom
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from pipelines.dicom import reasons
 from pipelines.dicom.geometry import (
@@ -57,14 +57,18 @@ from pipelines.dicom.headers import deflate_problem, read_raw_dataset
 from pipelines.dicom.isolation import is_fatal, native_stderr_to_null
 from pipelines.dicom.limits import DEFAULT_LIMITS, Limits, pixel_bytes, pixel_bytes_problem, raise_if
 from pipelines.dicom.reasons import DicomError
+from pipelines.dicom.rules import (
+    MONOCHROME,
+    ColorMode,
+    Kind,
+    decoder_problem,
+    image_problem,
+    transfer_syntax_of,
+)
 
 PathLike = str | Path
-ColorMode = Literal["reject", "gray"]
-MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR"})
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 OTHER_FORMAT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".npy", ".npz", ".tif")
-PIP_NAMES = {"gdcm": "python-gdcm"}
 
 
 @dataclass
@@ -133,41 +137,28 @@ def _declared_pixel_bytes(ds: pydicom.Dataset) -> int:
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:
-    """The dataset's transfer syntax; inferred from how it was read when the file meta lacks it (and set there)."""
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is not None and file_meta.get("TransferSyntaxUID"):
-        return UID(file_meta.TransferSyntaxUID)
-    implicit, little = getattr(ds, "original_encoding", (False, True))
-    uid = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
-    ds.ensure_file_meta()
-    ds.file_meta.TransferSyntaxUID = uid
+    """``rules.transfer_syntax_of`` the dataset, written into its file meta when missing there (pydicom decodes
+    pixel data by the file meta's syntax)."""
+    uid = transfer_syntax_of(ds)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        ds.ensure_file_meta()
+        ds.file_meta.TransferSyntaxUID = uid
     return uid
 
 
-def _install_hint(missing_dependencies: Sequence[str]) -> str:
-    """``pip install`` commands from pydicom's ``missing_dependencies`` strings ('label - requires a>=1 and b')."""
-    commands = []
-    for line in missing_dependencies:
-        _, _, requirements = line.partition(" - requires ")
-        names = [re.split(r"[<>=!~ ]", spec.strip())[0] for spec in re.split(r",| and ", requirements) if spec.strip()]
-        if names:
-            commands.append("pip install " + " ".join(PIP_NAMES.get(name, name) for name in names))
-    return " or ".join(commands) or "install a pydicom pixel-data plugin"
+def require_decoder(uid: str) -> None:
+    """Raise UNSUPPORTED_TRANSFER_SYNTAX unless an installed pydicom plugin decodes ``uid`` (``rules``)."""
+    problem = decoder_problem(uid)
+    if problem is not None:
+        raise DicomError(reasons.UNSUPPORTED_TRANSFER_SYNTAX, problem)
 
 
-def require_decoder(uid: UID) -> None:
-    """Raise UNSUPPORTED_TRANSFER_SYNTAX unless an installed pydicom plugin decodes ``uid``."""
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError as error:
-        raise DicomError(
-            reasons.UNSUPPORTED_TRANSFER_SYNTAX,
-            f"no decoder exists for transfer syntax {uid.name} ({uid}): re-export the images as Explicit VR Little "
-            "Endian, JPEG, JPEG-LS, JPEG 2000 or RLE",
-        ) from error
-    if not decoder.is_available:
-        hint = _install_hint(decoder.missing_dependencies)
-        raise DicomError(reasons.UNSUPPORTED_TRANSFER_SYNTAX, f"{uid.name} needs a decoder plugin: {hint}")
+def _raise_if_unread(ds: pydicom.Dataset, kind: Kind, color: ColorMode) -> None:
+    """Raise ``rules.image_problem``'s error (transfer syntax, then photometric) for a ``kind`` image."""
+    problem = image_problem(_transfer_syntax(ds), _photometric(ds), kind, color)
+    if problem is not None:
+        raise problem
 
 
 def _check_native_length(ds: pydicom.Dataset) -> None:
@@ -374,10 +365,8 @@ def describe(ds: pydicom.Dataset) -> dict[str, Any]:
 def xray_from_dataset(ds: pydicom.Dataset, *, voi_window: bool = False, color: ColorMode = "reject") -> XrayImage:
     """A single-frame projection image from a read dataset (see ``read_xray``)."""
     require_pixel_data(ds)
+    _raise_if_unread(ds, "xray", color)
     photometric = _photometric(ds)
-    if photometric not in MONOCHROME and not (photometric in COLOUR and color == "gray"):
-        hint = "pass color='gray' to use its luminance" if photometric in COLOUR else "export it as MONOCHROME2"
-        raise DicomError(reasons.UNSUPPORTED_PHOTOMETRIC, f"photometric interpretation {photometric!r}: {hint}")
     if number_of_frames(ds) > 1:
         message = f"{number_of_frames(ds)} frames: an X-ray is one frame; read multi-frame cross-sections as volumes"
         raise DicomError(reasons.INCONSISTENT_SERIES, message)
@@ -401,15 +390,13 @@ def read_xray(path: PathLike, *, voi_window: bool = False, color: ColorMode = "r
 
 
 def _check_one_series(datasets: Sequence[pydicom.Dataset]) -> None:
-    """All datasets are monochrome and belong to one SeriesInstanceUID (where given)."""
+    """All datasets belong to one SeriesInstanceUID (where given) and pass the rules for MRI volumes."""
     series = {str(ds.SeriesInstanceUID) for ds in datasets if ds.get("SeriesInstanceUID")}
     if len(series) > 1:
         message = f"files from {len(series)} series were given as one volume: read each SeriesInstanceUID alone"
         raise DicomError(reasons.INCONSISTENT_SERIES, message)
-    colour = sorted({_photometric(ds) for ds in datasets} - MONOCHROME)
-    if colour:
-        message = f"photometric interpretation {colour[0]!r} in a volume: only MONOCHROME1/2 volumes are read"
-        raise DicomError(reasons.UNSUPPORTED_PHOTOMETRIC, message)
+    for ds in datasets:
+        _raise_if_unread(ds, "mri", "reject")
 
 
 @malformed_as_dicom_error

@@ -7,9 +7,12 @@ which are never followed). ``ScanResult.file_outcomes`` maps every scanned path 
 Decisions: each CR/DX file is its own ``Series`` (kind ``xray``); a multi-frame CR/DX (NumberOfFrames > 1) is
 rejected as ``inconsistent_series`` rather than silently using one frame. MR single-frame slices are grouped
 by (StudyInstanceUID, SeriesInstanceUID) and ordered by position along the slice normal; an MR file with
-NumberOfFrames > 1 is its own multi-frame ``Series``. File-level checks run in this order: not an image, no
-pixel data, modality, transfer syntax decoder, photometric interpretation; series-level: localizer, selection
-rules, geometry, slice count.
+NumberOfFrames > 1 is its own multi-frame ``Series``. File-level checks run in this order: not an image,
+modality (one of ``SelectionRules.modalities`` whose kind is in ``SelectionRules.kinds``: an instance of a
+kind the run does not use is an ``unsupported_modality`` exclusion before any kind-specific check), pixel
+data, then ``rules.image_problem`` (transfer syntax decoder, photometric interpretation in the colour mode
+``SelectionRules.color``, the reader's own rules); series-level: localizer, selection rules, geometry, slice
+count.
 
 Geometry is checked by ``geometry.stack_geometry``, the function the pixel reader stacks volumes with, on the
 frame geometry each header carries: an MR series is rejected (``inconsistent_series``, with the reader's
@@ -37,18 +40,13 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
-from pydicom.pixels import get_decoder
-from pydicom.pixels.common import CoderBase
-
-from .geometry import StackGeometry, stack_geometry
-from .headers import HeaderWorker, InstanceHeader, Outcome, Skipped, read_header, uid_name
-from .isolation import captured_warnings
-from .limits import DEFAULT_LIMITS, Limits
-from .reasons import (
+from pipelines.dicom.geometry import StackGeometry, stack_geometry
+from pipelines.dicom.headers import HeaderWorker, InstanceHeader, Outcome, Skipped, read_header
+from pipelines.dicom.isolation import captured_warnings
+from pipelines.dicom.limits import DEFAULT_LIMITS, Limits
+from pipelines.dicom.reasons import (
     INCONSISTENT_SERIES,
     LOCALIZER,
     NO_PIXEL_DATA,
@@ -57,16 +55,13 @@ from .reasons import (
     TOO_FEW_SLICES,
     UNREADABLE,
     UNSUPPORTED_MODALITY,
-    UNSUPPORTED_PHOTOMETRIC,
-    UNSUPPORTED_TRANSFER_SYNTAX,
     DicomError,
     Rejected,
 )
+from pipelines.dicom.rules import ColorMode, Kind, image_problem, uid_name
 
 XRAY_MODALITIES = frozenset({"CR", "DX"})
 MRI_MODALITIES = frozenset({"MR"})
-MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
 PARALLEL_MIN_FILES = 8000  # break-even of 2 workers on 2 cores: each starts in ~0.35 s and saves ~45 us per file
 MAX_CHUNK = 64  # files per task sent to a worker: large enough to amortise IPC, small enough to balance load
 SKIPPED = "skipped"
@@ -91,7 +86,6 @@ _NON_IMAGE_MODALITIES = {
     "RTPLAN": "an RT plan", "RTDOSE": "an RT dose", "RTRECORD": "an RT treatment record", "ECG": "a waveform",
     "HD": "a waveform", "AU": "an audio waveform", "DOC": "an encapsulated document",
 }
-_PLUGIN_PREFERENCE = ("pylibjpeg", "pyjpegls", "pillow", "gdcm")
 
 
 @dataclass(frozen=True)
@@ -99,11 +93,12 @@ class SelectionRules:
     """Which series to use; regexes are case-insensitive and searched anywhere in the text."""
 
     modalities: tuple[str, ...] = ("CR", "DX", "MR")
+    kinds: tuple[Kind, ...] = ("xray", "mri")  # kinds the run uses; other kinds -> unsupported_modality
     series_description_include: tuple[str, ...] = ()  # empty = all
     series_description_exclude: tuple[str, ...] = ()
     image_type_exclude: tuple[str, ...] = ("LOCALIZER",)  # an ImageType value fully matching -> localizer
     min_slices: int = 8  # MRI volumes with fewer slices -> too_few_slices
-    allow_color: bool = False  # RGB/YBR X-rays: False -> unsupported_photometric; True -> kept
+    color: ColorMode = "reject"  # colour X-rays, as preprocess.xray.color: reject -> unsupported_photometric
     localizer_description: str = r"locali[sz]er|scout|survey"  # MR SeriesDescription -> localizer
 
 
@@ -116,7 +111,7 @@ class Series:
     sop_instance_uid: str  # of the first file (an X-ray's own image)
     patient_id: str  # raw patient id: in memory only, callers pseudonymize
     modality: str
-    kind: Literal["xray", "mri"]
+    kind: Kind
     files: tuple[str, ...]  # MRI: sorted by position along the slice normal; X-ray and multi-frame: 1 file
     multiframe: bool  # an enhanced MR multi-frame object (one file, NumberOfFrames > 1)
     rows: int
@@ -288,7 +283,7 @@ def _read_in_workers(chunks: list[list[str]], workers: int, done: Callable[[int]
     return results
 
 
-def kind_of(modality: str) -> Literal["xray", "mri"] | None:
+def kind_of(modality: str) -> Kind | None:
     """The pipeline kind for a modality, or None when no reader exists for it."""
     if modality in XRAY_MODALITIES:
         return "xray"
@@ -301,24 +296,35 @@ def instance_problem(header: InstanceHeader, rules: SelectionRules) -> Rejected 
     non_image = non_image_object(header.sop_class_uid, modality)
     if non_image:
         return Rejected(path, NOT_AN_IMAGE, f"{non_image}, not an image: nothing to classify (skip it)")
+    unused = modality_problem(modality, rules)
+    if unused:
+        return Rejected(path, UNSUPPORTED_MODALITY, unused)
     if not header.has_pixel_data:
         return Rejected(path, NO_PIXEL_DATA, "image object without pixel data (header-only export, or the file "
                         "was cut short): export it again with pixels")
-    if modality not in {m.upper() for m in rules.modalities} or kind_of(modality) is None:
-        return Rejected(path, UNSUPPORTED_MODALITY, f"modality {modality or '(none)'} is not used (accepted: "
-                        f"{', '.join(m for m in rules.modalities if kind_of(m))}): only X-ray (CR/DX) and MR")
-    problem = transfer_syntax_problem(header.transfer_syntax)
-    if problem:
-        return Rejected(path, UNSUPPORTED_TRANSFER_SYNTAX, problem)
-    problem = photometric_problem(header.photometric, kind_of(modality), rules.allow_color)
-    if problem:
-        return Rejected(path, UNSUPPORTED_PHOTOMETRIC, problem)
-    if kind_of(modality) == "xray" and header.number_of_frames > 1:
+    kind = kind_of(modality)
+    problem = image_problem(header.transfer_syntax, header.photometric, kind, rules.color)
+    if problem is not None:
+        return Rejected(path, problem.reason_code, problem.message)
+    if kind == "xray" and header.number_of_frames > 1:
         return Rejected(path, INCONSISTENT_SERIES, f"X-ray with {header.number_of_frames} frames; expected a single "
                         "image (multi-frame X-rays are not supported): export the wanted view on its own")
     if not header.study_uid or not header.series_uid:
         return Rejected(path, INCONSISTENT_SERIES, "missing StudyInstanceUID or SeriesInstanceUID: cannot group it")
     return None
+
+
+def modality_problem(modality: str, rules: SelectionRules) -> str | None:
+    """Why instances of ``modality`` are not used by a run with ``rules`` (a one-line message), or None."""
+    kind = kind_of(modality)
+    if modality in {m.upper() for m in rules.modalities} and kind in rules.kinds:
+        return None
+    accepted = ", ".join(m for m in rules.modalities if kind_of(m.upper()) in rules.kinds) or "none"
+    if kind is not None and kind not in rules.kinds:
+        return (f"modality {modality} is {kind}, but this run uses data.kind={'/'.join(rules.kinds)} (accepted: "
+                f"{accepted}): use a config or model of kind {kind} for it")
+    return (f"modality {modality or '(none)'} is not used (accepted: {accepted}): only X-ray (CR/DX) and MR, as "
+            "listed in data.selection.modalities")
 
 
 def non_image_object(sop_class_uid: str, modality: str) -> str | None:
@@ -329,46 +335,6 @@ def non_image_object(sop_class_uid: str, modality: str) -> str | None:
     if modality in _NON_IMAGE_MODALITIES:
         return f"{_NON_IMAGE_MODALITIES[modality]} (modality {modality})"
     return None
-
-
-@lru_cache(maxsize=64)
-def transfer_syntax_problem(uid: str, decoder: CoderBase | None = None) -> str | None:
-    """None when an installed plugin decodes ``uid``; else a one-line message saying what to install.
-
-    ``decoder`` defaults to pydicom's registered decoder for the UID.
-    """
-    name = uid_name(uid)
-    if decoder is None:
-        try:
-            decoder = get_decoder(uid)
-        except NotImplementedError:
-            return (f"transfer syntax {name} ({uid}) has no pixel decoder in pydicom: convert the file to an "
-                    "uncompressed or JPEG/JPEG 2000/RLE syntax (e.g. dcmtk `dcmconv +te` or `gdcmconv --raw`)")
-    if decoder.is_available:
-        return None
-    missing = decoder.missing_dependencies
-    missing.sort(key=lambda line: next((i for i, p in enumerate(_PLUGIN_PREFERENCE) if line.startswith(p)), 99))
-    packages = [_requirements(line) for line in missing]
-    hint = " ".join(f"'{p}'" for p in packages[0]) if packages else "a decoder plugin"
-    others = "; ".join(" ".join(group) for group in packages[1:])
-    return f"{name} pixel data needs a decoder: pip install {hint}" + (f" (or: {others})" if others else "")
-
-
-def _requirements(missing_line: str) -> list[str]:
-    """Parse pydicom's 'label - requires a>=1, b and c' into ['a>=1', 'b', 'c']."""
-    _, _, requires = missing_line.partition(" - requires ")
-    return [p.strip() for p in re.split(r",| and ", requires) if p.strip()]
-
-
-def photometric_problem(photometric: str, kind: str | None, allow_color: bool) -> str | None:
-    """None for MONOCHROME1/2 (and colour X-rays when allowed), else a one-line message."""
-    if photometric in MONOCHROME:
-        return None
-    if photometric in COLOUR and kind == "xray":
-        return None if allow_color else (f"colour X-ray ({photometric}): set allow_color in the selection rules "
-                                         "to convert it to greyscale")
-    return (f"photometric interpretation {photometric or '(none)'} is not supported for {kind or 'this'} images: "
-            "only MONOCHROME1/MONOCHROME2")
 
 
 def _group(headers: list[InstanceHeader]) -> list[list[InstanceHeader]]:

@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from .. import engine
-from ..config import ConfigError, PipelineConfig
-from ..data import manifest_items
-from ..inference import aggregate_studies, score_items
-from ..manifest import read_manifest
-from ..metrics import binary_metrics, choose_threshold, metrics_by_group
-from ..modeling import load_model
-from ..planning import planned_config
-from ..plots import (
+from pipelines import runtime
+from pipelines.config import ConfigError, PipelineConfig
+from pipelines.data.dataset import manifest_items
+from pipelines.data.manifest import read_manifest
+from pipelines.layout import evaluate_dir, train_dir
+from pipelines.reporting.metrics import binary_metrics, choose_threshold, metrics_by_group
+from pipelines.reporting.plots import (
     confusion_figure,
     pr_figure,
     reliability_figure,
@@ -33,8 +30,10 @@ from ..plots import (
     save_figure,
     score_histogram_figure,
 )
-from ..tracking import stage_run
-from .train import train_dir
+from pipelines.scoring.predictor import Predictor, prediction_of
+from pipelines.tracking import stage_run
+from pipelines.training.modeling import load_model
+from pipelines.training.planning import planned_config
 
 LOGGED = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "specificity", "ppv", "npv",
           "accuracy", "ece")
@@ -49,18 +48,18 @@ class EvaluateResult:
     run_id: str | None
 
 
-def evaluate_dir(config: PipelineConfig) -> Path:
-    return config.output.dir / "evaluate"
-
-
-def study_scores(model: torch.nn.Module, rows: pd.DataFrame, config: PipelineConfig,
-                 device: torch.device) -> pd.DataFrame:
+def study_scores(predictor: Predictor, rows: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
     """Study-level scores for manifest rows, with modality and manufacturer of the study's first series."""
     if rows.empty:
         return pd.DataFrame(columns=["study_uid", "score", "label", "n_series", "modality", "manufacturer"])
-    series = score_items(model, manifest_items(rows, config.data.dicom_root), config, device=device,
-                         batch_size=config.train.batch_size, num_workers=config.train.num_workers)
-    studies = aggregate_studies(series, config.evaluate.aggregate)
+    items = manifest_items(rows, config.data.dicom_root)
+    scored = predictor.score(items)
+    if len(scored.errors):
+        first = scored.errors.iloc[0]
+        raise ConfigError(f"{len(scored.errors)} series of the manifest cannot be read now (first: "
+                          f"{first['reason_code']}: {first['message']}): the files changed since ingest; re-run "
+                          "`medvit ingest`")
+    studies = predictor.studies(scored.series).drop(columns="prediction")
     info = rows.drop_duplicates("study_uid").set_index("study_uid")[["modality", "manufacturer"]]
     return studies.join(info, on="study_uid")
 
@@ -95,10 +94,13 @@ def run_evaluate(config: PipelineConfig, *, track: bool = True) -> EvaluateResul
         raise ConfigError(f"no trained model at '{best}': run `medvit train --config ...` first")
     manifest = read_manifest(config.output.dir / "manifest.parquet")
     labelled = manifest[manifest["label"].notna()]
-    device = engine.resolve_device(config.train.device, engine.Dist())
+    device = runtime.resolve_device(config.train.device, runtime.Dist())
     model, _, _ = load_model(best, device)
-    val = study_scores(model, labelled[labelled["split"] == "val"], config, device)
-    test = study_scores(model, labelled[labelled["split"] == "test"], config, device)
+    predictor = Predictor(model, config, aggregate=config.evaluate.aggregate, device=device,
+                          batch_size=config.train.batch_size, workers=config.train.num_workers,
+                          cache_dir=config.cache_dir)
+    val = study_scores(predictor, labelled[labelled["split"] == "val"], config)
+    test = study_scores(predictor, labelled[labelled["split"] == "test"], config)
     if test.empty:
         raise ConfigError("the manifest has no labelled test studies: set split.test > 0 and re-run ingest")
     ev = config.evaluate
@@ -119,8 +121,8 @@ def run_evaluate(config: PipelineConfig, *, track: bool = True) -> EvaluateResul
     plots = _plots(test, metrics, threshold, out / "plots")
     for col, table in groups.items():
         table.to_csv(out / f"by_{col}.csv", index=False)
-    predictions = pd.concat([val.assign(split="val"), test]).assign(
-        prediction=lambda f: (f["score"] >= threshold).map({True: "abnormal", False: "normal"}))
+    predictions = pd.concat([val.assign(split="val"), test])
+    predictions = predictions.assign(prediction=prediction_of(predictions["score"], threshold).to_numpy())
     predictions[["study_uid", "split", "label", "score", "prediction", "n_series"]].to_csv(
         out / "predictions.csv", index=False)
     report = {"threshold": threshold, "threshold_method": method, "aggregate": ev.aggregate,

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ..config import PipelineConfig, dump_config
-from ..datacard import render_data_card
-from ..dicom.reasons import BAD_FILE_NAME, UNSUPPORTED_MODALITY, Rejected
-from ..dicom.scan import ScanResult, Series, scan
-from ..folders import writable_folder
-from ..labels import read_labels
-from ..manifest import build_manifest, write_errors, write_manifest
-from ..privacy import Pseudonymizer, load_or_create_key
-from ..scan_settings import scan_limits, selection_rules
-from ..splits import assign_splits
-from ..tracking import stage_run
+from pipelines.config import PipelineConfig, dump_config
+from pipelines.data.datacard import render_data_card
+from pipelines.data.labels import read_labels
+from pipelines.data.manifest import build_manifest, manifest_digest, write_errors, write_manifest
+from pipelines.data.privacy import Pseudonymizer, load_or_create_key
+from pipelines.data.scan_settings import scan_limits, selection_rules
+from pipelines.data.splits import assign_splits
+from pipelines.dicom.reasons import BAD_FILE_NAME, Rejected
+from pipelines.dicom.scan import Series, scan
+from pipelines.files import writable_folder
+from pipelines.tracking import stage_run
 
 
 @dataclass(frozen=True)
@@ -32,21 +31,6 @@ class IngestResult:
     errors: pd.DataFrame
     n_files: int
     digest: str
-
-
-def manifest_digest(manifest: pd.DataFrame) -> str:
-    """Stable content digest of the manifest (series, files, labels, splits)."""
-    stable = manifest[["study_uid", "series_uid", "label", "split"]].astype(str)
-    stable = stable.assign(files=manifest["files"].map(lambda fs: "|".join(fs)))
-    return hashlib.sha256(stable.to_csv(index=False).encode()).hexdigest()[:16]
-
-
-def _other_kind(scanned: ScanResult, kind: str) -> list[Rejected]:
-    return [
-        Rejected(s.files[0], UNSUPPORTED_MODALITY,
-                 f"{s.modality} series is {s.kind}, but data.kind is {kind}: ingest it with a {s.kind} config")
-        for s in scanned.series if s.kind != kind
-    ]
 
 
 def _utf8_named(series: list[Series]) -> tuple[list[Series], list[Rejected]]:
@@ -75,10 +59,10 @@ def run_ingest(config: PipelineConfig, *, progress: bool = False, track: bool = 
         labels, label_errors = read_labels(config.data.labels, config.data.study_column, config.data.label_column)
     key_file = config.privacy.key_file or out / ".pseudonym_key"
     pseudonym = Pseudonymizer(load_or_create_key(config.privacy.key_env, key_file))
-    usable, misnamed = _utf8_named([s for s in scanned.series if s.kind == config.data.kind])
+    usable, misnamed = _utf8_named(scanned.series)  # of data.kind only: the scan's rules
     manifest = build_manifest(usable, labels, pseudonym, config.data.dicom_root)
     manifest["split"] = assign_splits(manifest, config.split.val, config.split.test, config.split.seed)
-    rejected = [*scanned.rejected, *misnamed, *_other_kind(scanned, config.data.kind), *label_errors]
+    rejected = [*scanned.rejected, *misnamed, *label_errors]
 
     paths = {name: out / name for name in ("manifest.parquet", "errors.csv", "data_card.md", "config.yaml")}
     write_manifest(manifest, paths["manifest.parquet"])

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig
-from ..manifest import load_manifest
-from ..planning import plan_params, plan_path, plan_record, write_plan
-from ..tracking import stage_run
+from pipelines.config import PipelineConfig
+from pipelines.data.manifest import load_manifest
+from pipelines.tracking import stage_run
+from pipelines.training.planning import plan_params, plan_path, plan_record, write_plan
 
 
 @dataclass

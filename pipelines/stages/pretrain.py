@@ -5,33 +5,41 @@ cache and augmentation as ingest/train, so unlabelled studies count. Writes ``OU
 (full state every epoch; ``--resume``), ``OUTPUT/pretrain/encoder.safetensors`` (the encoder that
 ``train.init`` loads), ``reconstruction.png`` (input, mask, reconstruction) and ``summary.json``. The MLflow run
 is tagged ``medvit.stage=pretrain``; the encoder is logged as ``encoder/encoder.safetensors``.
+
+The optimisation runs in the same loop as ``train`` (``training.loop``): ``pretrain.*`` sets its schedule
+(epochs, batch size, lr, warmup, weight decay); the ``train`` keys of the loop apply as in training
+(``amp``, ``accumulate``, ``grad_clip``, ``compile``, ``num_workers``, ``seed``, ``device``, ``deterministic``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 import medvit
-
-from .. import engine
-from ..checkpoint import load_state, save_state
-from ..config import ConfigError, PipelineConfig
-from ..data import IMAGE, CachedDataset, augment_transforms, deterministic_transforms, preprocess_digest
-from ..dicom.scan import scan
-from ..inference import series_items
-from ..modeling import build_model, model_kwargs, param_groups, save_model
-from ..scan_settings import selection_rules
-from ..tracking import stage_run
-from .train import make_scheduler
+from pipelines import runtime
+from pipelines.config import ConfigError, PipelineConfig
+from pipelines.data.dataset import (
+    IMAGE,
+    CachedDataset,
+    augment_transforms,
+    deterministic_transforms,
+    preprocess_digest,
+)
+from pipelines.data.scan_settings import selection_rules
+from pipelines.dicom.scan import scan
+from pipelines.layout import pretrain_dir
+from pipelines.scoring.predictor import series_item
+from pipelines.tracking import stage_run
+from pipelines.training.checkpoint import load_state, save_state
+from pipelines.training.loop import TrainingLoop
+from pipelines.training.modeling import build_model, model_kwargs, param_groups, save_model
+from pipelines.training.schedule import make_scheduler
 
 ENCODER_ARTIFACT = "encoder/encoder.safetensors"
 
@@ -47,27 +55,23 @@ class PretrainResult:
     history: list[dict[str, float]]
 
 
-def pretrain_dir(config: PipelineConfig) -> Path:
-    return config.output.dir / "pretrain"
-
-
 def pretrain_dataset(config: PipelineConfig, progress: bool) -> CachedDataset:
     """Every eligible series of ``data.kind`` under the pretraining root (labels are not read)."""
     root = config.pretrain.dicom_root or config.data.dicom_root
     if not Path(root).is_dir():
         raise ConfigError(f"pretrain.dicom_root '{root}' is not a folder: point it at the (unlabelled) DICOM folder")
     scanned = scan([root], selection_rules(config), workers=config.data.workers, progress=progress)
-    series = [s for s in scanned.series if s.kind == config.data.kind]
+    series = scanned.series  # of data.kind only: the scan's rules
     if not series:
         raise ConfigError(f"no usable {config.data.kind} series under pretrain.dicom_root '{root}'")
-    return CachedDataset(series_items(series), deterministic_transforms(config), augment_transforms(config),
+    return CachedDataset([series_item(s) for s in series], deterministic_transforms(config), augment_transforms(config),
                          config.cache_dir, preprocess_digest(config))
 
 
 class Pretrainer:
     """MAE model, optimizer and schedule; ``state()`` / ``restore()`` make it resumable."""
 
-    def __init__(self, config: PipelineConfig, info: engine.Dist, device: torch.device, progress: bool):
+    def __init__(self, config: PipelineConfig, info: runtime.Dist, device: torch.device, progress: bool):
         if config.model.arch not in ("vit", "hybrid"):
             raise ConfigError(f"medvit pretrain trains a ViT encoder: model.arch is {config.model.arch}, use vit or "
                               "hybrid")
@@ -75,69 +79,46 @@ class Pretrainer:
         self.dataset = pretrain_dataset(config, progress and info.is_main)
         pre = config.pretrain
         self.kwargs = {**model_kwargs(config), "num_classes": 0}  # no head: every parameter gets a gradient
-        engine.seed_everything(config.train.seed)
+        runtime.seed_everything(config.train.seed)
         self.encoder = build_model(self.kwargs)
         self.encoder.set_grad_checkpointing(config.model.grad_checkpointing)
         self.mae = medvit.MaskedAutoencoder(self.encoder, decoder_dim=pre.decoder_dim, decoder_depth=pre.decoder_depth,
                                             decoder_heads=pre.decoder_heads, mask_ratio=pre.mask_ratio,
                                             norm_pix_loss=pre.norm_pix_loss).to(device)
-        self.model: nn.Module = self.mae
-        if info.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.mae, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=config.model.global_pool != "token")
-        self.amp = engine.resolve_amp(config.train.amp, device)
-        self.scaler = engine.make_scaler(device, self.amp)
-        self.optimizer = torch.optim.AdamW(param_groups(self.mae, pre.weight_decay), lr=pre.lr, betas=(0.9, 0.95))
+        t = config.train  # the loop keys train and pretrain share: amp, accumulate, grad_clip, compile
+        optimizer = torch.optim.AdamW(param_groups(self.mae, pre.weight_decay), lr=pre.lr, betas=(0.9, 0.95))
         n_batches = math.ceil(len(self.dataset) / (pre.batch_size * info.world_size))
-        steps = engine.steps_per_epoch(n_batches, 1)
-        self.scheduler = make_scheduler(self.optimizer, [steps] * pre.epochs, pre.warmup_epochs, pre.min_lr)
+        steps = runtime.steps_per_epoch(n_batches, t.accumulate)
+        self.loop = TrainingLoop(self.mae, optimizer,
+                                 make_scheduler(optimizer, [steps] * pre.epochs, pre.warmup_epochs, pre.min_lr),
+                                 device=device, info=info, amp=t.amp, accumulate=t.accumulate, grad_clip=t.grad_clip,
+                                 compile=t.compile, find_unused_parameters=config.model.global_pool != "token")
         self.epoch, self.history, self.run_id = 0, [], None
 
+    @property
+    def amp(self) -> torch.dtype | None:
+        return self.loop.amp
+
     def state(self) -> dict[str, Any]:
-        return {"model": self.mae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": engine.rng_state(), "epoch": self.epoch, "history": self.history, "run_id": self.run_id,
+        return {"model": self.mae.state_dict(), **self.loop.state(), "rng": runtime.rng_state(), "epoch": self.epoch, "history": self.history, "run_id": self.run_id,
                 "model_kwargs": json.dumps(self.kwargs)}
 
     def restore(self, state: dict[str, Any]) -> None:
         if json.loads(state["model_kwargs"]) != self.kwargs:
             raise ConfigError("the pretraining checkpoint has another model config: resume with the same config")
         self.mae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        engine.set_rng_state(state["rng"])
+        self.loop.restore(state)
+        runtime.set_rng_state(state["rng"])
         self.epoch, self.history, self.run_id = state["epoch"], state["history"], state["run_id"]
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         pre, seed = self.config.pretrain, self.config.train.seed
-        loader = engine.make_loader(self.dataset, batch_size=pre.batch_size, num_workers=self.config.train.num_workers,
+        loader = runtime.make_loader(self.dataset, batch_size=pre.batch_size, num_workers=self.config.train.num_workers,
                                     shuffle=True, seed=seed, epoch=self.epoch, info=self.info, device=self.device)
-        torch.manual_seed(engine.epoch_seed(seed, self.epoch) + 1 + self.info.rank)  # masks, drop path
-        self.model.train()
-        total, count, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(total=len(loader), desc=f"pretrain {self.epoch + 1}/{pre.epochs}", unit="batch",
-                   disable=not (progress and self.info.is_main), leave=False)
-        for images, _, _ in engine.batches(loader, self.device):
-            with engine.autocast(self.device, self.amp):
-                loss = self.model(images).loss
-            self.scaler.scale(loss).backward()
-            if self.config.train.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.mae.parameters(), self.config.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            total, count = total + float(loss.detach()) * len(images), count + len(images)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        bar.close()
-        return {"pretrain_loss": engine.mean_across_ranks(total, count, self.info, self.device),
-                "images_per_sec": count * self.info.world_size / (time.perf_counter() - start),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+        torch.manual_seed(runtime.epoch_seed(seed, self.epoch) + 1 + self.info.rank)  # masks, drop path
+        metrics = self.loop.epoch(loader, lambda images, _labels: self.loop.model(images).loss,
+                                  desc=f"pretrain {self.epoch + 1}/{pre.epochs}", progress=progress)
+        return {"pretrain_loss": metrics.pop("loss"), **metrics}
 
     @torch.no_grad()
     def preview(self, path: Path, n: int = 4) -> None:
@@ -173,12 +154,13 @@ class Pretrainer:
 def run_pretrain(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
                  track: bool = True) -> PretrainResult:
     """Entry point of the pretrain stage."""
-    with engine.process_group(config.train.device) as info:
+    with runtime.process_group(config.train.device) as info:
         return _pretrain(config, info, resume, progress, track)
 
 
-def _pretrain(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> PretrainResult:
-    device = engine.resolve_device(config.train.device, info)
+def _pretrain(config: PipelineConfig, info: runtime.Dist, resume: bool, progress: bool, track: bool) -> PretrainResult:
+    device = runtime.resolve_device(config.train.device, info)
+    runtime.set_deterministic(config.train.deterministic)
     out = pretrain_dir(config)
     last_path, encoder_path = out / "last.safetensors", out / "encoder.safetensors"
     trainer = Pretrainer(config, info, device, progress)

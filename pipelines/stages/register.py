@@ -18,13 +18,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import ConfigError, PipelineConfig
-from ..planning import plan_rows, planned_config, read_plan
-from ..tracking import safe_config_yaml, stage_run, tracking_uri
-from .evaluate import evaluate_dir
-from .train import train_dir
+from pipelines.config import ConfigError, PipelineConfig
+from pipelines.layout import evaluate_dir, train_dir
+from pipelines.tracking import safe_config_yaml, stage_run, tracking_uri
+from pipelines.training.planning import plan_rows, planned_config, read_plan
 
-PYFUNC_FILE = Path(__file__).resolve().parent.parent / "pyfunc_model.py"
+PYFUNC_FILE = Path(__file__).resolve().parent.parent / "scoring" / "pyfunc_model.py"
 PACKAGES = [Path(__file__).resolve().parent.parent.parent / name for name in ("medvit", "pipelines")]
 RUNTIME_REQUIREMENTS = ("torch", "monai", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
                         "pylibjpeg-rle", "pyjpegls", "nibabel", "numpy", "pandas", "pyarrow", "safetensors",
@@ -132,7 +131,7 @@ def _architecture(config: PipelineConfig) -> str:
 
 
 def _input(config: PipelineConfig) -> tuple[int, ...]:
-    from ..modeling import input_size
+    from pipelines.training.modeling import input_size
 
     return input_size(config)
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +19,28 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from tqdm import tqdm
 
 from medvit import VisionTransformer, resample_pos_embed
-
-from .. import engine, planning, recipes
-from ..checkpoint import load_state, save_state
-from ..config import ConfigError, PipelineConfig
-from ..data import build_dataset
-from ..early_stopping import EarlyStopping
-from ..manifest import load_manifest, manifest_path
-from ..modeling import build_model, input_size, is_vit, model_kwargs, param_groups, save_model
-from ..splits import UNLABELLED
-from ..tracking import stage_run
-from .ingest import manifest_digest
+from pipelines import runtime
+from pipelines.config import ConfigError, PipelineConfig
+from pipelines.data.dataset import build_dataset
+from pipelines.data.manifest import load_manifest, manifest_digest, manifest_path
+from pipelines.data.splits import UNLABELLED
+from pipelines.layout import train_dir
+from pipelines.tracking import stage_run, tracking_uri
+from pipelines.training import planning, techniques
+from pipelines.training.checkpoint import load_state, save_state
+from pipelines.training.early_stopping import EarlyStopping
+from pipelines.training.loop import TrainingLoop
+from pipelines.training.modeling import (
+    build_model,
+    input_size,
+    is_vit,
+    model_kwargs,
+    param_groups,
+    save_model,
+)
+from pipelines.training.schedule import make_scheduler
 
 
 @dataclass
@@ -48,10 +54,6 @@ class TrainResult:
     stopped_early: bool
     run_id: str | None
     history: list[dict[str, float]]
-
-
-def train_dir(config: PipelineConfig) -> Path:
-    return config.output.dir / "train"
 
 
 def load_splits(config: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -87,8 +89,8 @@ def safe_auroc(labels: list[float], scores: list[float]) -> float:
 
 
 def val_metrics(model: nn.Module, loader: Any, loss_fn: nn.Module, device: torch.device,
-                amp: torch.dtype | None, info: engine.Dist) -> dict[str, float]:
-    preds = engine.gather_lists(engine.predict(model, loader, device, amp), info)
+                amp: torch.dtype | None, info: runtime.Dist) -> dict[str, float]:
+    preds = runtime.gather_lists(runtime.predict(model, loader, device, amp), info)
     frame = pd.DataFrame(preds).drop_duplicates("series_uid")  # DistributedSampler pads with repeats
     scores = torch.tensor(frame["score"].to_numpy()).clamp(1e-7, 1 - 1e-7)
     logits = torch.log(scores) - torch.log1p(-scores)
@@ -96,32 +98,10 @@ def val_metrics(model: nn.Module, loader: Any, loss_fn: nn.Module, device: torch
     return {"val_auroc": safe_auroc(frame["label"].tolist(), frame["score"].tolist()), "val_loss": loss}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, epoch_steps: list[int], warmup_epochs: float,
-                   eta_min: float, warmup_steps: int | None = None) -> Any:
-    """Linear warmup then cosine decay to ``eta_min`` over ``sum(epoch_steps)``, stepped once per optimizer step.
-
-    ``epoch_steps``: optimizer steps of each epoch (they differ when the batch size changes with the image size);
-    ``warmup_steps``, when given, replaces ``warmup_epochs``.
-    """
-    total = sum(epoch_steps)
-    if warmup_steps is None:
-        whole = int(warmup_epochs)
-        partial = epoch_steps[whole] if whole < len(epoch_steps) else 0
-        warmup = sum(epoch_steps[:whole]) + (warmup_epochs - whole) * partial
-    else:
-        warmup = warmup_steps
-    warmup = min(int(round(warmup)), total - 1)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=eta_min)
-    if warmup <= 0:
-        return cosine
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
-
-
 class Trainer:
     """Holds everything an epoch needs; ``state()`` / ``restore()`` make the run resumable."""
 
-    def __init__(self, config: PipelineConfig, info: engine.Dist, device: torch.device):
+    def __init__(self, config: PipelineConfig, info: runtime.Dist, device: torch.device):
         self.config, self.info, self.device = config, info, device
         self.manifest, train_rows, val_rows = load_splits(config)
         unlabelled_rows = distill_unlabelled_rows(self.manifest, config)
@@ -142,26 +122,27 @@ class Trainer:
             if config.model.arch not in ("vit", "hybrid"):
                 raise ConfigError("train.distill needs a ViT student (model.arch vit or hybrid)")
             self.kwargs["distilled"] = True
-        engine.seed_everything(config.train.seed)
+        runtime.seed_everything(config.train.seed)
         self.module = build_model(self.kwargs).to(device)
         if config.train.init:
-            recipes.load_init(self.module, config.train.init)
+            techniques.load_init(self.module, config.train.init, tracking_uri(config))
         if hasattr(self.module, "set_grad_checkpointing"):
             self.module.set_grad_checkpointing(config.model.grad_checkpointing)
-        self.teacher = recipes.load_teacher(config, device) if config.train.distill is not None else None
+        self.teacher = techniques.load_teacher(config, device) if config.train.distill is not None else None
         self.full_size = tuple(input_size(config))
         self.sizes, epoch_steps = self._epoch_plan()
         self.n_epochs, self.budget = len(self.sizes), sum(epoch_steps)
-        recipes.check_patch_fit(self.module, self.sizes)
-        self._wrap()
-        self.amp = engine.resolve_amp(config.train.amp, device)
-        self.scaler = engine.make_scaler(device, self.amp)
+        techniques.check_patch_fit(self.module, self.sizes)
         t = config.train
-        groups = (recipes.layer_decay_groups(self.module, t.weight_decay, t.lr, t.layer_decay) if t.layer_decay
+        groups = (techniques.layer_decay_groups(self.module, t.weight_decay, t.lr, t.layer_decay) if t.layer_decay
                   else param_groups(self.module, t.weight_decay))
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
-        self.scheduler = make_scheduler(self.optimizer, epoch_steps, t.warmup_epochs, t.min_lr, t.warmup_steps)
-        self.epoch, self.step = 0, 0
+        optimizer = torch.optim.AdamW(groups, lr=t.lr)
+        self.loop = TrainingLoop(self.module, optimizer,
+                                 make_scheduler(optimizer, epoch_steps, t.warmup_epochs, t.min_lr, t.warmup_steps),
+                                 device=device, info=info, amp=t.amp, accumulate=t.accumulate, grad_clip=t.grad_clip,
+                                 compile=t.compile)
+        self._wrap()
+        self.epoch = 0
         self.best_auroc, self.best_epoch = -math.inf, -1
         self.stopper = EarlyStopping(t)
         self.history: list[dict[str, float]] = []
@@ -173,14 +154,14 @@ class Trainer:
         config, t = self.config, self.config.train
 
         def steps_at(size: tuple[int, ...]) -> int:
-            return engine.steps_per_epoch(self._n_batches(recipes.epoch_batch_size(config, size)), t.accumulate)
+            return runtime.steps_per_epoch(self._n_batches(techniques.epoch_batch_size(config, size)), t.accumulate)
 
         if t.steps is None:
-            sizes = recipes.epoch_sizes(config)
+            sizes = techniques.epoch_sizes(config)
             return sizes, [steps_at(size) for size in sizes]
         staged = sum(stage.epochs for stage in t.progressive or [])
         sizes, steps = [], []
-        for size in recipes.epoch_sizes(config, staged + math.ceil(t.steps / steps_at(self.full_size))):
+        for size in techniques.epoch_sizes(config, staged + math.ceil(t.steps / steps_at(self.full_size))):
             if sum(steps) >= t.steps:
                 break
             sizes.append(size)
@@ -199,15 +180,23 @@ class Trainer:
         per_rank = math.ceil(len(self.train_set) / self.info.world_size)
         return per_rank // batch_size if self._drop_last(batch_size) else math.ceil(per_rank / batch_size)
 
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far."""
+        return self.loop.step
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return self.loop.amp
+
+    @property
+    def model(self) -> nn.Module:
+        """The training forward as the loop runs it (DDP, compile, distillation)."""
+        return self.loop.model
+
     def _wrap(self) -> None:
-        """The training forward: DDP and compile around the model (or its distillation forward)."""
-        train_module: nn.Module = recipes.DistillForward(self.module) if self.teacher is not None else self.module
-        self.model = train_module
-        if self.info.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                train_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.config.train.compile:
-            self.model = torch.compile(self.model)
+        """The training forward: the model, or its distillation forward (DDP and compile: the loop's)."""
+        self.loop.wrap(techniques.DistillForward(self.module) if self.teacher is not None else self.module)
 
     def set_size(self, size: tuple[int, ...]) -> None:
         """Progressive resizing: a ViT's position embeddings follow the input size (same Parameters)."""
@@ -216,7 +205,7 @@ class Trainer:
             return
         old_grid = module.grid_size
         module.set_img_size(size)
-        state = self.optimizer.state.get(module.pos_embed, {}) if hasattr(self, "optimizer") else {}
+        state = self.loop.optimizer.state.get(module.pos_embed, {}) if hasattr(self, "loop") else {}
         for key in ("exp_avg", "exp_avg_sq"):  # AdamW moments of a learned embedding follow its grid
             if key in state:
                 moved = resample_pos_embed(state[key], module.grid_size, old_grid, module.num_prefix_tokens)
@@ -235,9 +224,8 @@ class Trainer:
     # ---- state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": engine.rng_state(), "epoch": self.epoch, "step": self.step, "history": self.history,
+            "model": self.module.state_dict(), **self.loop.state(),
+            "rng": runtime.rng_state(), "epoch": self.epoch, "history": self.history,
             "best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "early_stopping": self.stopper.state(),
             "run_id": self.run_id, "model_kwargs": json.dumps(self.kwargs),
             "img_size": json.dumps(list(getattr(self.module, "img_size", self.full_size))),
@@ -250,12 +238,9 @@ class Trainer:
         if "img_size" in state:  # a progressive run saved during a smaller stage
             self.set_size(tuple(json.loads(state["img_size"])))
         self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        engine.set_rng_state(state["rng"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.loop.restore(state)
+        runtime.set_rng_state(state["rng"])
+        self.epoch, self.history = state["epoch"], state["history"]
         self.best_auroc, self.best_epoch = state["best_auroc"], state["best_epoch"]
         if "early_stopping" in state:  # older checkpoints: the patience count starts afresh
             self.stopper.restore(state["early_stopping"])
@@ -266,39 +251,15 @@ class Trainer:
         cfg = self.config.train
         size = self.sizes[self.epoch]
         self.set_size(size)
-        batch_size = recipes.epoch_batch_size(self.config, size)
-        loader = engine.make_loader(self.train_set, batch_size=batch_size, num_workers=cfg.num_workers, shuffle=True,
+        batch_size = techniques.epoch_batch_size(self.config, size)
+        loader = runtime.make_loader(self.train_set, batch_size=batch_size, num_workers=cfg.num_workers, shuffle=True,
                                     seed=cfg.seed, epoch=self.epoch, info=self.info, sample_weights=self.sample_weights,
                                     device=self.device, drop_last=self._drop_last(batch_size))
-        torch.manual_seed(engine.epoch_seed(cfg.seed, self.epoch) + 1 + self.info.rank)  # dropout, drop path
-        self.model.train()
-        total, count, seen = 0.0, 0, 0
-        start = time.perf_counter()
-        bar = tqdm(total=len(loader), desc=f"epoch {self.epoch + 1}/{self.n_epochs}", unit="batch",
-                   disable=not (progress and self.info.is_main), leave=False)
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, labels, _) in enumerate(engine.batches(loader, self.device)):
-            last_of_group = (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader)
-            sync = last_of_group or not self.info.enabled
-            context = self.model.no_sync() if not sync and hasattr(self.model, "no_sync") else nullcontext()
-            images = recipes.resize_batch(images, size)
-            with context, engine.autocast(self.device, self.amp):
-                loss = self._loss(images, labels)
-            self.scaler.scale(loss / cfg.accumulate).backward()
-            if last_of_group:
-                self._optimizer_step()
-            total += float(loss.detach()) * len(labels)
-            count += len(labels)
-            seen += len(labels)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-            if self.step >= self.budget:  # train.steps: the last epoch ends at the budget
-                break
-        bar.close()
-        elapsed = time.perf_counter() - start
-        return {"train_loss": engine.mean_across_ranks(total, count, self.info, self.device),
-                "images_per_sec": seen * self.info.world_size / elapsed,
-                "lr": self.optimizer.param_groups[0]["lr"]}
+        torch.manual_seed(runtime.epoch_seed(cfg.seed, self.epoch) + 1 + self.info.rank)  # dropout, drop path
+        metrics = self.loop.epoch(loader, self._loss, desc=f"epoch {self.epoch + 1}/{self.n_epochs}",
+                                  progress=progress, budget=self.budget,
+                                  prepare=lambda images: techniques.resize_batch(images, size))
+        return {"train_loss": metrics.pop("loss"), **metrics}
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
@@ -307,21 +268,11 @@ class Trainer:
         return self.teacher.loss(cls_logits.float().reshape(-1), dist_logits.float().reshape(-1), labels,
                                  self.teacher.logits(images), self.loss_fn)
 
-    def _optimizer_step(self) -> None:
-        if self.config.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.module.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
-
     def validate(self) -> dict[str, float]:
         if self.val_set is None:
             return {"val_auroc": float("nan"), "val_loss": float("nan")}
         cfg = self.config.train
-        loader = engine.make_loader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        loader = runtime.make_loader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                     shuffle=False, seed=cfg.seed, epoch=self.epoch, info=self.info, device=self.device)
         # Always at the full size: the model is judged (and the best one kept) as it will be registered,
         # also during a progressive stage (a copy with position embeddings resampled to the full grid).
@@ -348,13 +299,13 @@ def epoch_path(out: Path, epoch: int) -> Path:
 def run_train(config: PipelineConfig, *, resume: bool = False, progress: bool = False,
               track: bool = True) -> TrainResult:
     """Entry point of the train stage."""
-    with engine.process_group(config.train.device) as info:
+    with runtime.process_group(config.train.device) as info:
         return _train(config, info, resume, progress, track)
 
 
-def _train(config: PipelineConfig, info: engine.Dist, resume: bool, progress: bool, track: bool) -> TrainResult:
-    device = engine.resolve_device(config.train.device, info)
-    engine.set_deterministic(config.train.deterministic)
+def _train(config: PipelineConfig, info: runtime.Dist, resume: bool, progress: bool, track: bool) -> TrainResult:
+    device = runtime.resolve_device(config.train.device, info)
+    runtime.set_deterministic(config.train.deterministic)
     resolved = planning.resolve(config)
     config = resolved.config
     if resolved.record and info.is_main:

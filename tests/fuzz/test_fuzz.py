@@ -24,9 +24,8 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-from conftest import cohort_config
 from corpus import Corpus, build
-from pipeline_helpers import TINY_MODEL, sqlite_uri, write_untrained_package
+from helpers.pipeline import TINY_MODEL, cohort_config, sqlite_uri, write_untrained_package
 
 from pipelines.dicom import reasons
 
