@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -37,6 +38,15 @@ def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.3")
 
 
+def _unit_figure(xlabel: str, ylabel: str, title: str) -> tuple[Figure, Any]:
+    """A square figure with one [0, 1] x [0, 1] axes (ROC, PR)."""
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    _unit_axes(ax, xlabel, ylabel)
+    ax.set_title(title)
+    return fig, ax
+
+
 def _unit_axes(ax, xlabel: str, ylabel: str) -> None:
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -58,10 +68,8 @@ def _operating_point(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[fl
 def roc_figure(y_true, y_score, threshold: float | None = None) -> Figure:
     """ROC curve with AUROC in the legend, the chance diagonal and (if given) the operating point."""
     y, s = as_binary_arrays(y_true, y_score)
-    fig = Figure(figsize=(5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    _unit_axes(ax, "1 - specificity (false positive rate)", "sensitivity (true positive rate)")
-    ax.set_title(f"ROC (n={len(y)}, abnormal={int(y.sum())})")
+    fig, ax = _unit_figure("1 - specificity (false positive rate)", "sensitivity (true positive rate)",
+                           f"ROC (n={len(y)}, abnormal={int(y.sum())})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="chance")
     if len(y) == 0 or y.min() == y.max():
         _note(ax, "ROC undefined: one class only")
@@ -79,10 +87,8 @@ def roc_figure(y_true, y_score, threshold: float | None = None) -> Figure:
 def pr_figure(y_true, y_score, threshold: float | None = None) -> Figure:
     """Precision-recall curve with AUPRC (average precision) in the legend, the prevalence line, operating point."""
     y, s = as_binary_arrays(y_true, y_score)
-    fig = Figure(figsize=(5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    _unit_axes(ax, "recall (sensitivity)", "precision (PPV)")
-    ax.set_title(f"Precision-recall (n={len(y)}, abnormal={int(y.sum())})")
+    fig, ax = _unit_figure("recall (sensitivity)", "precision (PPV)",
+                           f"Precision-recall (n={len(y)}, abnormal={int(y.sum())})")
     if len(y) == 0 or y.sum() == 0:
         _note(ax, "PR curve undefined: no abnormal cases")
     else:
