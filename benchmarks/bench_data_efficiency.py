@@ -62,8 +62,9 @@ from pipelines.scoring.predictor import Predictor, series_item
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.pretrain import run_pretrain
 from pipelines.stages.register import packaged_config
-from pipelines.stages.train import epoch_path, run_train
+from pipelines.stages.train import run_train
 from pipelines.training.modeling import input_size, load_model
+from pipelines.training.trainer import epoch_path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FORMAT = 2  # rows[name][seed] = record

@@ -504,8 +504,8 @@ def demo_trainer(ctx: Ctx) -> tuple[Any, Any, dict[str, Any]]:
     from pipelines.dicom.synth import write_cohort
     from pipelines.pipeline import DEMO_DIFFICULTY, DEMO_STUDIES
     from pipelines.stages.ingest import run_ingest
-    from pipelines.stages.train import Trainer
     from pipelines.training import planning
+    from pipelines.training.trainer import Trainer
 
     studies = ctx.sizes.demo_studies or DEMO_STUDIES["xray"]
     cohort = ctx.work / "demo_cohort"

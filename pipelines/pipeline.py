@@ -14,8 +14,9 @@ from pipelines.stages.evaluate import EvaluateResult, run_evaluate
 from pipelines.stages.ingest import IngestResult, run_ingest
 from pipelines.stages.register import RegisterResult, run_register
 from pipelines.stages.score import ScoreOptions, run_score
-from pipelines.stages.train import TrainResult, run_train
+from pipelines.stages.train import run_train
 from pipelines.tracking import pipeline_run, tracking_uri
+from pipelines.training.trainer import TrainResult
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_STUDIES = {"xray": 400, "mri": 200}

@@ -21,11 +21,13 @@ from pipelines.config import ConfigError, dump_config
 from pipelines.pipeline import run_pipeline
 from pipelines.runtime import Dist
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.pretrain import Pretrainer, run_pretrain
-from pipelines.stages.train import Trainer, run_train
+from pipelines.stages.pretrain import run_pretrain
+from pipelines.stages.train import run_train
 from pipelines.training import techniques
 from pipelines.training.checkpoint import load_state
 from pipelines.training.modeling import build_model, load_model, model_kwargs
+from pipelines.training.pretrainer import Pretrainer
+from pipelines.training.trainer import Trainer
 
 TRAIN = {"epochs": 2, "batch_size": 6, "lr": 1e-3, "num_workers": 0, "deterministic": True,
          "early_stopping_patience": None, "warmup_epochs": 0.5, "device": "cpu"}

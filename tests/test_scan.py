@@ -43,12 +43,10 @@ from pipelines.dicom import headers as headers_module
 from pipelines.dicom import rawheader, reasons
 from pipelines.dicom import scan as scan_module
 from pipelines.dicom.geometry import frame_geometries, sort_along_normal
+from pipelines.dicom.header_worker import HeaderWorker, decode_outcome, encode_outcome
 from pipelines.dicom.headers import (
-    HeaderWorker,
     InstanceHeader,
     Skipped,
-    decode_outcome,
-    encode_outcome,
     read_header,
 )
 from pipelines.dicom.read import read_volume

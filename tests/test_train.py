@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from pipelines.config import dump_config
 from pipelines.runtime import Dist
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.train import Trainer, improved, run_train
+from pipelines.stages.train import run_train
 from pipelines.training.checkpoint import load_state
 from pipelines.training.modeling import load_model
+from pipelines.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,11 @@ def test_best_epoch_has_the_highest_val_auroc_then_the_lowest_val_loss(xray_coho
     trainer = Trainer(config, Dist(), torch.device("cpu"))
     trainer.history = [{"epoch": 1, "val_auroc": 1.0, "val_loss": 0.5}, {"epoch": 2, "val_auroc": 0.9, "val_loss": 0.2}]
     trainer.best_auroc, trainer.best_epoch = 1.0, 1
-    assert improved(trainer, {"val_auroc": 1.0, "val_loss": 0.4})  # same AUROC, lower loss
-    assert not improved(trainer, {"val_auroc": 1.0, "val_loss": 0.5})  # a full tie keeps the earlier epoch
-    assert not improved(trainer, {"val_auroc": 0.95, "val_loss": 0.01})  # AUROC comes first
+    assert trainer.improved({"val_auroc": 1.0, "val_loss": 0.4})  # same AUROC, lower loss
+    assert not trainer.improved({"val_auroc": 1.0, "val_loss": 0.5})  # a full tie keeps the earlier epoch
+    assert not trainer.improved({"val_auroc": 0.95, "val_loss": 0.01})  # AUROC comes first
     trainer.best_auroc = 0.9
-    assert improved(trainer, {"val_auroc": 0.95, "val_loss": 9.0})
+    assert trainer.improved({"val_auroc": 0.95, "val_loss": 9.0})
 
 
 def test_optimizer_groups_skip_decay_for_norms_biases_embeddings():

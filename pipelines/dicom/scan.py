@@ -21,7 +21,7 @@ orientation, pixel spacing or frame of reference, missing positions, duplicate p
 ingest never accepts a series that training cannot load.
 
 ``workers > 0`` reads headers in that many worker processes (header parsing is CPU-bound Python, so threads
-do not help), fed chunks of paths by one thread each; see ``headers.HeaderWorker`` for why these are fresh
+do not help), fed chunks of paths by one thread each; see ``header_worker.HeaderWorker`` for why these are fresh
 interpreters rather than a multiprocessing pool (no fork of a caller holding torch threads, and no re-import of
 the caller's ``__main__``). Fewer than ``parallel_min_files`` files are read here, since starting workers then
 costs more than it saves; chunks that a worker fails to return are read here too. Results are identical to a
@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.dicom.geometry import StackGeometry, stack_geometry
-from pipelines.dicom.headers import HeaderWorker, InstanceHeader, Outcome, Skipped, read_header
+from pipelines.dicom.header_worker import HeaderWorker
+from pipelines.dicom.headers import InstanceHeader, Outcome, Skipped, read_header
 from pipelines.dicom.isolation import captured_warnings
 from pipelines.dicom.limits import DEFAULT_LIMITS, Limits
 from pipelines.dicom.reasons import (
