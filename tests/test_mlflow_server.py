@@ -9,11 +9,12 @@ import urllib.request
 import mlflow
 import pandas as pd
 import pytest
+from helpers.dicom import study_folders
 from helpers.pipeline import REGISTRY_NAME, STAGES, mlflow_server, tiny_config
 from mlflow import MlflowClient
 
 from pipelines.pipeline import run_pipeline
-from pipelines.scoring.pyfunc_model import OUTPUT_COLUMNS
+from pipelines.scoring.requests import OUTPUT_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +83,13 @@ def test_pyfunc_loads_and_predicts_through_the_server(served, server, xray_cohor
     mlflow.set_tracking_uri(server.url)
     model = mlflow.pyfunc.load_model(f"models:/{REGISTRY_NAME}@candidate")
     assert model.metadata.run_id == served["result"].register.run_id
-    scores = model.predict(pd.DataFrame({"path": [str(xray_cohort / "dicom")]}))
+    scores = model.predict(pd.DataFrame({"path": study_folders(xray_cohort)}))
     labels = pd.read_csv(xray_cohort / "labels.csv")
-    assert list(scores.columns) == OUTPUT_COLUMNS
+    assert list(scores.columns) == [name for name, _ in OUTPUT_COLUMNS]
     assert sorted(scores["StudyInstanceUID"]) == sorted(labels["StudyInstanceUID"])
     assert scores["score"].between(0, 1).all() and set(scores["prediction"]) <= {"normal", "abnormal"}
     local = mlflow.pyfunc.load_model(str(served["result"].register.local_model))
-    same = local.predict(pd.DataFrame({"path": [str(xray_cohort / "dicom")]}))
-    pd.testing.assert_frame_equal(scores.sort_values("StudyInstanceUID", ignore_index=True),
-                                  same.sort_values("StudyInstanceUID", ignore_index=True), check_exact=True)
+    same = local.predict(pd.DataFrame({"path": study_folders(xray_cohort)}))
+    pd.testing.assert_frame_equal(scores, same, check_exact=True)
     meta = json.loads((served["result"].register.local_model / "artifacts" / "meta.json").read_text())
     assert ((scores["score"] >= meta["threshold"]) == (scores["prediction"] == "abnormal")).all()

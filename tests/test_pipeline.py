@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers.dicom import study_folders
 from helpers.pipeline import (
     REGISTRY_NAME,
     STAGES,
@@ -38,7 +39,7 @@ from safetensors.torch import load_file
 from pipelines.cli import cli
 from pipelines.config import dump_config, validate_config
 from pipelines.pipeline import run_pipeline
-from pipelines.scoring.pyfunc_model import OUTPUT_COLUMNS
+from pipelines.scoring.requests import OUTPUT_COLUMNS
 from pipelines.stages.register import packaged_config, run_register
 from pipelines.tracking import safe_config_yaml, safe_params
 from pipelines.training.planning import planned_config
@@ -223,14 +224,14 @@ def test_register_run_registers_a_version_with_the_candidate_alias_and_a_model_c
 def candidate_scores(piped, xray_cohort):
     mlflow.set_tracking_uri(piped["uri"])
     model = mlflow.pyfunc.load_model(f"models:/{REGISTRY_NAME}@candidate")
-    return model, model.predict(pd.DataFrame({"path": [str(xray_cohort / "dicom")]}))
+    return model, model.predict(pd.DataFrame({"path": study_folders(xray_cohort)}))
 
 
 def test_registered_pyfunc_scores_every_study_of_the_cohort(candidate_scores, xray_cohort, piped):
     _, scores = candidate_scores
     labels = pd.read_csv(xray_cohort / "labels.csv")
-    assert list(scores.columns) == OUTPUT_COLUMNS
-    assert len(scores) == len(labels) == 24
+    assert list(scores.columns) == [name for name, _ in OUTPUT_COLUMNS]
+    assert len(scores) == len(labels) == 24 and (scores["status"] == "ok").all()
     assert set(scores["StudyInstanceUID"]) == set(labels["StudyInstanceUID"])
     assert scores["StudyInstanceUID"].is_unique
     assert scores["score"].between(0, 1).all() and scores["score"].notna().all()
@@ -243,17 +244,29 @@ def test_registered_pyfunc_scores_every_study_of_the_cohort(candidate_scores, xr
 def test_local_model_folder_gives_identical_scores(candidate_scores, xray_cohort, piped):
     _, registered = candidate_scores
     local = mlflow.pyfunc.load_model(str(piped["out"] / "model"))
-    scores = local.predict(pd.DataFrame({"path": [str(xray_cohort / "dicom")]}))
-    a = registered.sort_values("StudyInstanceUID", ignore_index=True)
-    b = scores.sort_values("StudyInstanceUID", ignore_index=True)
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    scores = local.predict(pd.DataFrame({"path": study_folders(xray_cohort)}))
+    pd.testing.assert_frame_equal(registered, scores, check_exact=True)
 
 
-def test_a_missing_path_gives_an_empty_frame_with_the_same_columns(candidate_scores, tmp_path):
-    model, _ = candidate_scores
-    empty = model.predict(pd.DataFrame({"path": [str(tmp_path / "no" / "such" / "folder")]}))
-    assert isinstance(empty, pd.DataFrame)
-    assert list(empty.columns) == OUTPUT_COLUMNS and len(empty) == 0
+def test_one_row_per_request_in_input_order_and_bad_rows_are_error_rows(candidate_scores, xray_cohort, tmp_path):
+    model, scores = candidate_scores
+    folders = study_folders(xray_cohort)
+    backwards = model.predict(pd.DataFrame({"path": folders[::-1]}))
+    pd.testing.assert_frame_equal(backwards, scores[::-1].reset_index(drop=True), check_exact=True)
+    one_file = next(Path(folders[0]).rglob("*.dcm"))
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    requests = pd.DataFrame({
+        "path": [folders[1], str(tmp_path / "no" / "such" / "folder"), None, str(xray_cohort / "dicom"),
+                 str(tmp_path / "notes.txt"), None],
+        "dicom": [None, None, one_file.read_bytes(), None, None, None]})
+    got = model.predict(requests)
+    assert list(got["status"]) == ["ok", "not_found", "ok", "several_studies", "not_dicom", "no_input"]
+    assert got.loc[0, "StudyInstanceUID"] == scores.loc[1, "StudyInstanceUID"]
+    assert got.loc[0, "score"] == scores.loc[1, "score"]
+    assert got.loc[2, "StudyInstanceUID"] == scores.loc[0, "StudyInstanceUID"]  # bytes in: the same study
+    assert abs(got.loc[2, "score"] - scores.loc[0, "score"]) < 1e-6 and scores.loc[0, "n_series"] == 1
+    assert got.loc[1:, "score"].drop(2).isna().all() and (got.loc[[1, 3, 4, 5], "n_series"] == 0).all()
+    assert all(got.loc[i, "message"] for i in (1, 3, 4, 5))  # every error row says why
 
 
 def _assert_no_pickles_and_safetensors_weights(folder: Path, best: Path):

@@ -28,6 +28,7 @@ from helpers.dicom import (
     copy_test_file,
     make_image,
     new_uid,
+    study_folders,
     write,
     write_jpeg_xl,
 )
@@ -95,7 +96,7 @@ def test_every_model_uri_form_gives_the_same_scores(registered, new_folder, tmp_
 def test_scores_match_the_registered_pyfunc(registered, new_folder, tmp_path):
     uri, local, _ = registered
     ours = run_score(options([new_folder / "dicom"], local, tmp_path / "out")).frames["scores"]
-    pyfunc = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"path": [str(new_folder / "dicom")]}))
+    pyfunc = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"path": study_folders(new_folder)}))
     joined = ours.merge(pyfunc, on="StudyInstanceUID", suffixes=("", "_pyfunc"))
     assert len(joined) == 40
     np.testing.assert_allclose(joined["score"].astype(float), joined["score_pyfunc"], atol=1e-6)

@@ -213,8 +213,8 @@ def inference_threads(workers: int) -> Iterator[None]:
 # ---- the predictor -------------------------------------------------------------------------------------
 @dataclass
 class Scored:
-    """What :meth:`Predictor.score` returns: series scores (one row per scored item, in item order, with the
-    item's study_uid, series_uid and label) and error rows (index, reason_code, message)."""
+    """What :meth:`Predictor.score` returns: series scores (one row per scored item, in item order: the item's
+    index, study_uid, series_uid, label and score) and error rows (index, reason_code, message)."""
 
     series: pd.DataFrame
     errors: pd.DataFrame
@@ -264,9 +264,9 @@ class Predictor:
         errors: list[dict[str, Any]] = []
         self.stream(items, lambda i, s, _p, _h: scores.__setitem__(i, s),
                     lambda i, reason, message: errors.append({"index": i, "reason_code": reason, "message": message}))
-        rows = [{"study_uid": items[i]["study_uid"], "series_uid": items[i]["series_uid"],
+        rows = [{"item": i, "study_uid": items[i]["study_uid"], "series_uid": items[i]["series_uid"],
                  "label": items[i].get(LABEL, -1.0), "score": scores[i]} for i in sorted(scores)]
-        return Scored(pd.DataFrame(rows, columns=["study_uid", "series_uid", "label", "score"]),
+        return Scored(pd.DataFrame(rows, columns=["item", "study_uid", "series_uid", "label", "score"]),
                       pd.DataFrame(errors, columns=["index", "reason_code", "message"]))
 
     def loader(self, items: Sequence[dict[str, Any]]) -> torch.utils.data.DataLoader:

@@ -20,6 +20,7 @@ import yaml
 
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.layout import evaluate_dir, train_dir
+from pipelines.scoring.requests import signature
 from pipelines.tracking import safe_config_yaml, stage_run, tracking_uri
 from pipelines.training.planning import plan_rows, planned_config, read_plan
 
@@ -136,16 +137,6 @@ def _input(config: PipelineConfig) -> tuple[int, ...]:
     return input_size(config)
 
 
-def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "path")]),
-        outputs=Schema([ColSpec("string", "StudyInstanceUID"), ColSpec("double", "score"),
-                        ColSpec("string", "prediction"), ColSpec("long", "n_series")]))
-
-
 def run_register(config: PipelineConfig, *, alias: str | None = None, track: bool = True) -> RegisterResult:
     """Entry point of the register stage."""
     import mlflow
@@ -182,7 +173,7 @@ def run_register(config: PipelineConfig, *, alias: str | None = None, track: boo
         shutil.copy2(PYFUNC_FILE, PYFUNC_FILE.name)
         package = {"python_model": PYFUNC_FILE.name,
                    "artifacts": {"weights": "best.safetensors", "config": "config.yaml", "meta": "meta.json"},
-                   "code_paths": [str(p) for p in PACKAGES], "signature": _signature(),
+                   "code_paths": [str(p) for p in PACKAGES], "signature": signature(),
                    "input_example": pd.DataFrame({"path": ["study/series/image.dcm"]}),
                    "pip_requirements": pip_requirements()}
         mlflow.pyfunc.save_model(path=str(local), **package)

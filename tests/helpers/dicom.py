@@ -165,3 +165,8 @@ def copy_test_file(name: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(TEST_FILES / name, dest)
     return dest
+
+
+def study_folders(cohort: Path) -> list[str]:
+    """The study folders of a cohort written by ``medvit synth`` (``dicom/study_NNNN``), sorted: one study each."""
+    return sorted(str(p) for p in (cohort / "dicom").glob("study_*") if p.is_dir())
