@@ -12,7 +12,7 @@ MRICRON := /usr/share/mricron/templates/ch2.nii.gz
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,real]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,server,spark]'
 	touch $(STAMP)
 
 # The real MRI base (Colin27 T1, ch2.nii.gz) is a Debian package; without root, say how to get it.

@@ -352,6 +352,37 @@ def ui_command(port: int, host: str, config_path: Path | None) -> None:
                                "--host", host, "--port", str(port)])
 
 
+@cli.command("server")
+@click.option("--backend-store-uri", metavar="URI",
+              help="the store: a SQLAlchemy URI, e.g. postgresql+psycopg2://USER@HOST:PORT/DB (pip install "
+              "'medvit[server]' for psycopg2)")
+@click.option("--postgres-data", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="instead: a local PostgreSQL in DIR (initdb if new; on a free 127.0.0.1 port; stopped on exit)")
+@click.option("--postgres-user", metavar="USER",
+              help="as root: run that PostgreSQL as USER, e.g. nobody (PostgreSQL refuses root)")
+@click.option("--artifacts-destination", "artifacts", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("mlartifacts"), show_default=True, metavar="DIR",
+              help="where the server stores the artifacts it serves")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.argument("mlflow_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- MLFLOW_ARGS...]")
+@clean_errors
+def server_command(backend_store_uri: str | None, postgres_data: Path | None, postgres_user: str | None,
+                   artifacts: Path, host: str, port: int, mlflow_args: tuple[str, ...]) -> None:
+    """Run `mlflow server` on PostgreSQL (the production store) with served artifacts; Ctrl-C stops it.
+
+    Clients use http://HOST:PORT as tracking.uri (or MLFLOW_TRACKING_URI). Arguments after `--` go to
+    `mlflow server` unchanged, e.g. `-- --workers 2 --allowed-hosts mlflow.example.org`.
+    """
+    from pipelines.server import ServerOptions, run_server
+
+    options = ServerOptions(backend_store_uri, postgres_data, postgres_user, artifacts, host, port, mlflow_args)
+    try:
+        run_server(options, click.echo)
+    except KeyboardInterrupt:
+        click.echo("medvit server: stopped")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

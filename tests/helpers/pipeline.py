@@ -13,10 +13,12 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.config import PipelineConfig, validate_config
+from pipelines.config import ConfigError, PipelineConfig, validate_config
+from pipelines.server import LocalPostgres, local_postgres, wait_healthy
 from pipelines.stages.register import packaged_config
 from pipelines.training.modeling import build_model, model_kwargs, save_model
 
@@ -341,6 +344,59 @@ def mlflow_server(root: Path, startup_timeout: float = 90.0) -> Iterator[Server]
                 raise AssertionError(f"mlflow server did not answer {url}/health within {startup_timeout:.0f} s "
                                      f"({last_error}); stderr:\n{server.stderr()}")
             time.sleep(0.25)
+        yield server
+    finally:
+        stop_process_group(proc)
+
+
+# ---- `medvit server` on a throwaway PostgreSQL ------------------------------------------------------------
+def medvit_cli(*args: str) -> list[str]:
+    """The installed ``medvit`` console script with ``args``."""
+    return [str(Path(sys.executable).parent / "medvit"), *args]
+
+
+def unprivileged_user() -> str | None:
+    """``nobody`` when the tests run as root (PostgreSQL refuses root), else None: the cluster runs as us."""
+    return "nobody" if os.geteuid() == 0 else None
+
+
+def reachable_tmpdir(prefix: str) -> Path:
+    """A new folder in the system temp dir that ``unprivileged_user()`` can reach (pytest's are 0700 root)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[LocalPostgres]:
+    """A new PostgreSQL cluster (``pipelines.server.local_postgres``), stopped and removed afterwards."""
+    folder = reachable_tmpdir("medvit-pg-")
+    try:
+        with local_postgres(folder / "data", unprivileged_user()) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def medvit_server(root: Path, *args: str, startup_timeout: float = 150.0) -> Iterator[Server]:
+    """``medvit server ARGS --port <free> -- --workers 1`` as a real process in its own session, cwd ``root``.
+
+    PATH holds only the system folders: the command itself must put the venv's (uvicorn) first. Waits for
+    ``/health`` (``pipelines.server.wait_healthy``), fails with the server's stderr, always stops its group.
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env |= {"PATH": os.defpath, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_NUM_THREADS": "1"}
+    command = medvit_cli("server", *args, "--port", str(port), "--", "--workers", "1")
+    with open(root / "server.out", "wb") as out, open(root / "server.err", "wb") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=root, env=env, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", root, proc, root / "server.err")
+    try:
+        try:
+            wait_healthy(proc, server.url, startup_timeout)
+        except ConfigError as exc:
+            raise AssertionError(f"{exc}; stderr:\n{server.stderr()}") from None
         yield server
     finally:
         stop_process_group(proc)
