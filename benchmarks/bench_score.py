@@ -50,6 +50,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import torch
 
@@ -239,6 +240,39 @@ def bench_throughput(args: argparse.Namespace, config_path: Path, device: torch.
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
 
+# ---- engines ----------------------------------------------------------------------------------------------
+def bench_engines(args: argparse.Namespace, config_path: Path, device: torch.device, work: Path) -> None:
+    """``--engine spark``: end-to-end studies/s of Spark against local scoring, same folder, same process.
+
+    A warm-up run of each engine comes first (Spark's session start-up and executor model loading are not
+    counted); then ``--repeats`` interleaved rounds, the best of each kept."""
+    data = cohort(args.cache, args.kind, args.studies, args.seed, args.image_size, args.difficulty)
+    package = write_package(work / "model", bench_config(config_path, args.kind, data, args.set))
+    n_studies = len(pd.read_csv(data / "labels.csv"))
+    print(f"\n## engines: {args.kind}, {n_studies} studies, {config_path.name}, Spark {args.spark_master}")
+
+    def seconds(engine: str, round_: int) -> float:
+        options = ScoreOptions(inputs=[data / "dicom"], model=str(package), out=work / f"{engine}{round_}",
+                               overwrite=True, batch_size=args.batch_size, workers=args.workers,
+                               device=device.type, amp=args.amp, engine=engine, spark_master=args.spark_master)
+        start = time.perf_counter()
+        result = run_score(options)
+        assert result.summary["counts"]["studies_scored"] == n_studies, result.summary["counts"]
+        return time.perf_counter() - start
+
+    for engine in ("spark", "local"):
+        print(f"warm-up {engine}: {seconds(engine, 0):.2f}s")
+    times: dict[str, list[float]] = {"local": [], "spark": []}
+    for round_ in range(1, args.repeats + 1):
+        for engine in times:
+            times[engine].append(seconds(engine, round_))
+    print("round times (s): " + "; ".join(f"{k} " + " ".join(f"{s:.2f}" for s in v) for k, v in times.items()))
+    rate = {k: n_studies / min(v) for k, v in times.items()}
+    ratio = rate["spark"] / rate["local"]
+    print(f"local {rate['local']:.1f} studies/s, spark {rate['spark']:.1f} studies/s: {ratio:.2f}x "
+          f"(target >= {E2E_TARGET}x: {'ok' if ratio >= E2E_TARGET else 'below target'})")
+
+
 # ---- memory -----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def rss_at_studies(marks: dict[str, int], first: int) -> Iterator[dict[str, int]]:
@@ -345,6 +379,9 @@ def main() -> None:
     parser.add_argument("--memory-studies", type=int, default=None,
                         help="memory mode: score this many X-ray studies in one run_score call")
     parser.add_argument("--memory-image-size", type=int, default=96, help="synthetic file size in memory mode")
+    parser.add_argument("--engine", choices=["local", "spark"], default="local",
+                        help="spark: compare --engine spark with local end to end (Spark must be installed)")
+    parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medvit-bench-score",
                         help="folder of the synthetic cohorts (reused across runs)")
     args = parser.parse_args()
@@ -362,6 +399,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         if args.memory_studies is not None:
             bench_memory(args, config_path, device, Path(tmp))
+        elif args.engine == "spark":
+            bench_engines(args, config_path, device, Path(tmp))
         else:
             bench_throughput(args, config_path, device, Path(tmp))
     print(f"# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -259,17 +259,20 @@ def preview_command(path: Path, out: Path, config_path: Path | None, overrides: 
 @click.option("--aggregate", type=click.Choice(["max", "mean"]), default=None,
               help="series -> study score (default: the model's)")
 @click.option("--parquet", is_flag=True, help="also write scores.parquet and series_scores.parquet")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="spark: scan and score on Apache Spark executors (pip install 'medvit[spark]'); the same outputs")
+@click.option("--spark-master", default="local[2]", show_default=True, help="engine spark: local[N] or a cluster URL")
 @clean_errors
 def score_command(inputs: tuple[Path, ...], model_uri: str, out: Path, heatmaps: bool, shard: str | None,
                   overwrite: bool, log_mlflow: bool, batch_size: int, workers: int | None, device: str,
-                  aggregate: str | None, parquet: bool) -> None:
+                  aggregate: str | None, parquet: bool, engine: str, spark_master: str) -> None:
     """Score every study under INPUT... with a registered model; resumable, shardable, atomic outputs."""
     from pipelines.stages.score import ScoreOptions, parse_shard, run_score
 
     options = ScoreOptions(inputs=list(inputs), model=model_uri, out=out, heatmaps=heatmaps,
                            shard=parse_shard(shard) if shard else None, overwrite=overwrite, log_mlflow=log_mlflow,
                            batch_size=batch_size, workers=workers, device=device, aggregate=aggregate,
-                           parquet=parquet, progress=True)
+                           parquet=parquet, progress=True, engine=engine, spark_master=spark_master)
     result = run_score(options)
     _echo_errors(result.frames["errors"])
     counts = result.summary["counts"]

@@ -149,7 +149,7 @@ def make_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, num_worke
 def batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     for batch in loader:
         images = torch.as_tensor(batch[IMAGE]).to(device, non_blocking=True)
-        labels = torch.as_tensor(batch[LABEL]).float().to(device, non_blocking=True)
+        labels = torch.as_tensor(batch[LABEL]).to(device, non_blocking=True).float()  # copy the pinned batch, cast there
         yield images, labels, batch
 
 

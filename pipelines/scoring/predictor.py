@@ -313,7 +313,8 @@ class Predictor:
         suspect = None
         while left:
             retry = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, left), batch_size=1, shuffle=False,
-                                                num_workers=1, collate_fn=collate, prefetch_factor=1)
+                                                num_workers=1, collate_fn=collate, prefetch_factor=1,
+                                                pin_memory=self.device.type == "cuda")
             try:
                 self._run_loader(retry, on_score, on_error)
                 return

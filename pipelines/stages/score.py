@@ -26,7 +26,7 @@ from pipelines import runtime
 from pipelines.config import ConfigError
 from pipelines.data.scan_settings import scan_limits, selection_rules
 from pipelines.dicom.reasons import Rejected, is_failure
-from pipelines.dicom.scan import Series, scan
+from pipelines.dicom.scan import scan
 from pipelines.files import writable_folder
 from pipelines.scoring.collector import StudyCollector
 from pipelines.scoring.model_package import LoadedModel, load_packaged_model
@@ -54,6 +54,8 @@ class ScoreOptions(BaseModel):
     aggregate: Literal["max", "mean"] | None = None  # None: the model's own (chosen at evaluate)
     parquet: bool = False
     progress: bool = False
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str = "local[2]"  # local[N] or a cluster URL (engine spark)
 
     @field_validator("shard")
     @classmethod
@@ -130,14 +132,79 @@ def _check_inputs(inputs: Sequence[Path]) -> None:
             raise ConfigError(f"input '{path}' cannot be read: check its permissions")
 
 
-def run_score(options: ScoreOptions) -> ScoreResult:
-    """Entry point of the score stage: scan, score what is not scored yet, publish, merge shards."""
+@dataclass
+class Counted:
+    """What an engine scored, for the outputs and the summary."""
+
+    aggregate: str
+    n_files: int
+    rejected: list[Rejected]
+    carried_files: set[str]
+    studies_found: int
+    series_found: int
+    studies_skipped: int
+    studies_scored: int
+    series_scored: int
+    series_failed: int
+    heatmaps: int = 0
+    scan_s: float = 0.0
+
+
+def _score_here(options: ScoreOptions, loaded: LoadedModel, outputs: ScoreOutputs, done: set[str],
+                shard: tuple[int, int] | None, device: Any, folder: Path) -> Counted:
+    """This process scans (header workers) and scores (loader workers) every series not scored yet."""
     from tqdm import tqdm
 
+    t0 = time.perf_counter()
+    scanned = scan([str(p) for p in options.inputs], selection_rules(loaded.config),
+                   workers=auto_workers(options.workers), progress=options.progress, limits=scan_limits(loaded.config))
+    scan_s = time.perf_counter() - t0
+    # the rules name the model's kind: files of another kind are unsupported_modality exclusions already
+    rejected = [r for r in scanned.rejected if in_shard(r.path, shard)]
+    mine = [s for s in scanned.series if in_shard(s.study_uid, shard)]
+    todo = [s for s in mine if s.study_uid not in done]
+    predictor = Predictor.from_package(loaded, aggregate=options.aggregate, device=device, amp=options.amp,
+                                       batch_size=options.batch_size, workers=auto_workers(options.workers),
+                                       heatmaps=options.heatmaps)
+    collector = StudyCollector(todo, loaded, predictor, outputs, folder / "heatmaps" if options.heatmaps else None)
+    with tqdm(total=len(collector.pending), desc="score", unit="study", disable=not options.progress) as bar:
+        predictor.stream([series_item(s) for s in todo],
+                         lambda i, score, picture, heat: bar.update(int(collector.add_score(i, score, picture, heat))),
+                         lambda i, reason, message: bar.update(int(collector.add_error(i, reason, message))),
+                         lambda message: bar.write(message, file=sys.stderr))
+    studies = {s.study_uid for s in mine}
+    return Counted(predictor.aggregate, scanned.n_files, rejected,
+                   {f for s in mine if s.study_uid in done for f in s.files}, len(studies), len(mine),
+                   len(studies & done), collector.studies_scored, collector.series_scored, collector.series_failed,
+                   collector.heatmaps, scan_s)
+
+
+def _score_on_spark(options: ScoreOptions, loaded: LoadedModel, outputs: ScoreOutputs, done: set[str],
+                    shard: tuple[int, int] | None, device: Any, folder: Path) -> Counted:
+    """Executors scan and score (``scoring.spark_engine``); this process lists the files and writes the rows."""
+    from pipelines.scoring.spark_engine import score_on_spark
+
+    got = score_on_spark(options.inputs, options.model, options.tracking_uri, done, options.spark_master,
+                         options.batch_size, scan_limits(loaded.config), options.aggregate)
+    scored = series = failed = 0
+    for study in got.studies:
+        outputs.add_study(study["series_rows"], study["row"], study["errors"])
+        scored += study["row"] is not None
+        series, failed = series + len(study["series_rows"]), failed + len(study["errors"])
+    return Counted(options.aggregate or loaded.meta.get("aggregate", "max"), got.n_files, got.rejected,
+                   got.carried_files, len(got.studies) + len(got.skipped_studies), got.found_series,
+                   len(got.skipped_studies), scored, series, failed)
+
+
+def run_score(options: ScoreOptions) -> ScoreResult:
+    """Entry point of the score stage: scan, score what is not scored yet, publish, merge shards."""
     from pipelines.tracking import stage_run
 
     started, t0 = datetime.now(UTC), time.perf_counter()
     _check_inputs(options.inputs)
+    if options.engine == "spark" and (options.shard is not None or options.heatmaps):
+        raise ConfigError("--engine spark partitions the work itself and writes no heatmaps: drop --shard and "
+                          "--heatmaps, or use --engine local")
     writable_folder(options.out, "--out")
     shard = resolve_shard(options)
     device = runtime.resolve_device(options.device, runtime.Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
@@ -147,32 +214,15 @@ def run_score(options: ScoreOptions) -> ScoreResult:
     folder = options.out if shard is None else shard_folder(options.out, *shard)
     outputs = ScoreOutputs(folder, overwrite=options.overwrite)
 
-    scanned = scan([str(p) for p in options.inputs], selection_rules(config), workers=auto_workers(options.workers),
-                   progress=options.progress, limits=scan_limits(config))
-    t_scan = time.perf_counter()
-    # the rules name the model's kind: files of another kind are unsupported_modality exclusions already
-    rejected = [r for r in scanned.rejected if in_shard(r.path, shard)]
-    mine = [s for s in scanned.series if in_shard(s.study_uid, shard)]
     done = outputs.scored_studies(loaded.digest)
-    todo = [s for s in mine if s.study_uid not in done]
-    carried = {f for s in mine if s.study_uid in done for f in s.files}
-    predictor = Predictor.from_package(loaded, aggregate=options.aggregate, device=device, amp=options.amp,
-                                       batch_size=options.batch_size, workers=auto_workers(options.workers),
-                                       heatmaps=options.heatmaps)
-    aggregate = predictor.aggregate
-    collector = StudyCollector(todo, loaded, predictor, outputs, folder / "heatmaps" if options.heatmaps else None)
-    with tqdm(total=len(collector.pending), desc="score", unit="study", disable=not options.progress) as bar:
-        predictor.stream([series_item(s) for s in todo],
-                         lambda i, score, picture, heat: bar.update(int(collector.add_score(i, score, picture, heat))),
-                         lambda i, reason, message: bar.update(int(collector.add_error(i, reason, message))),
-                         lambda message: bar.write(message, file=sys.stderr))
+    engine = _score_on_spark if options.engine == "spark" else _score_here
+    scored = engine(options, loaded, outputs, done, shard, device, folder)
     t_score = time.perf_counter()
-
-    scan_errors = pd.DataFrame([r.as_row() for r in rejected], columns=["path", "reason_code", "message"],
+    scan_errors = pd.DataFrame([r.as_row() for r in scored.rejected], columns=["path", "reason_code", "message"],
                                dtype=object)  # object, not Arrow strings: a path need not be valid UTF-8
-    summary = _summary(options, loaded, shard, aggregate, started, scanned.n_files, mine, done, collector,
-                       rejected, {"load_model": t_model - t0, "scan": t_scan - t_model, "score": t_score - t_scan})
-    frames = outputs.merged(scan_errors, carried)
+    summary = _summary(options, loaded, shard, scored, started,
+                       {"load_model": t_model - t0, "scan": scored.scan_s, "score": t_score - t_model - scored.scan_s})
+    frames = outputs.merged(scan_errors, scored.carried_files)
     summary["counts"]["studies_in_scores"] = len(frames["scores"])
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     outputs.publish(frames, summary, parquet=options.parquet)
@@ -191,26 +241,24 @@ def run_score(options: ScoreOptions) -> ScoreResult:
     return ScoreResult(folder, summary, frames, merged)
 
 
-def _summary(options: ScoreOptions, loaded: LoadedModel, shard: tuple[int, int] | None, aggregate: str,
-             started: datetime, n_files: int, mine: list[Series], done: set[str], collector: StudyCollector,
-             rejected: list[Rejected], timings: dict[str, float]) -> dict[str, Any]:
+def _summary(options: ScoreOptions, loaded: LoadedModel, shard: tuple[int, int] | None, scored: Counted,
+             started: datetime, timings: dict[str, float]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
-    for r in rejected:
+    for r in scored.rejected:
         reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
-    studies = {s.study_uid for s in mine}
     return {
         "model": {"label": loaded.label, "name": loaded.name, "version": loaded.version, "sha256": loaded.digest,
                   "source": loaded.source},
-        "kind": loaded.config.data.kind, "threshold": loaded.threshold, "aggregate": aggregate,
-        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "kind": loaded.config.data.kind, "threshold": loaded.threshold, "aggregate": scored.aggregate,
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}", "engine": options.engine,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": {"files": n_files, "studies_found": len(studies), "series_found": len(mine),
-                   "studies_skipped_already_scored": len(studies & done), "studies_scored": collector.studies_scored,
-                   "series_scored": collector.series_scored, "series_failed": collector.series_failed,
-                   "rejected_items": len(rejected), "heatmaps": collector.heatmaps,
-                   "failures": collector.series_failed + sum(is_failure(r.reason_code) for r in rejected)},
+        "counts": {"files": scored.n_files, "studies_found": scored.studies_found, "series_found": scored.series_found,
+                   "studies_skipped_already_scored": scored.studies_skipped, "studies_scored": scored.studies_scored,
+                   "series_scored": scored.series_scored, "series_failed": scored.series_failed,
+                   "rejected_items": len(scored.rejected), "heatmaps": scored.heatmaps,
+                   "failures": scored.series_failed + sum(is_failure(r.reason_code) for r in scored.rejected)},
         "rejected_by_reason": dict(sorted(reasons.items())),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "studies_per_sec": round(collector.studies_scored / max(timings["score"], 1e-9), 3),
+        "studies_per_sec": round(scored.studies_scored / max(timings["score"], 1e-9), 3),
     }

@@ -1,0 +1,174 @@
+"""`medvit score --engine spark`: the same scoring, scanned and decoded on Spark executors.
+
+The driver only lists the input files and writes the outputs (``ScoreOutputs``: same files, same resume, same
+atomic publish as local scoring). Executors work in two passes over ``mapInPandas``:
+
+1. headers: each file's header is read (``headers.read_header``) to learn its study, or its reason to be
+   rejected;
+2. studies: files are repartitioned by study, each study is scanned and grouped exactly as ``medvit score``
+   does, and scored by the one :class:`~pipelines.scoring.predictor.Predictor` of a model loaded once per
+   executor process; each study's rows (``StudyCollector``) travel back to the driver as JSON.
+
+Executors use the driver's Python (``PYSPARK_PYTHON``) and, in ``local[N]``, bind to 127.0.0.1 with the UI off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.dicom.reasons import Rejected
+
+ROW_SCHEMA = "kind string, study string, payload string"  # kind: rejected | study | carried
+_MODELS: dict[tuple[str, str | None], Any] = {}  # per executor process: the loaded model of each URI
+
+
+@dataclass
+class SparkScored:
+    """What the executors returned, gathered on the driver."""
+
+    n_files: int
+    rejected: list[Rejected] = field(default_factory=list)
+    studies: list[dict[str, Any]] = field(default_factory=list)  # {"series_rows", "row", "errors"} per study
+    carried_files: set[str] = field(default_factory=set)  # files of studies skipped as already scored
+    skipped_studies: set[str] = field(default_factory=set)
+    found_series: int = 0
+
+
+def spark_session(master: str) -> Any:
+    """A Spark session for ``master`` (``local[N]`` or a cluster URL) with executors on this Python."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (SparkSession.builder.master(master).appName("medvit-score").config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false"))
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def header_pass(limits: dict[str, int]) -> Any:
+    """Executor, pass 1 (a ``mapInPandas`` function): (path, study UID) of each file, or its rejection."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from _headers(batches, limits)
+
+    return run
+
+
+def _headers(batches: Iterator[pd.DataFrame], limits: dict[str, int]) -> Iterator[pd.DataFrame]:
+    from pipelines.dicom.headers import InstanceHeader, read_header
+    from pipelines.dicom.limits import Limits
+
+    bounds = Limits(**limits)
+    for batch in batches:
+        studies, rejected = [], []
+        for path in batch["path"]:
+            outcome = read_header(path, bounds)
+            if isinstance(outcome, InstanceHeader):
+                studies.append(outcome.study_uid)
+                rejected.append("")
+            else:
+                studies.append("")
+                rejected.append(json.dumps(outcome.as_row()) if isinstance(outcome, Rejected) else "")
+        yield pd.DataFrame({"path": batch["path"], "study": studies, "rejected": rejected})
+
+
+def _loaded(model: str, tracking: str | None) -> Any:
+    from pipelines.scoring.model_package import load_packaged_model
+
+    key = (model, tracking)
+    if key not in _MODELS:
+        _MODELS[key] = load_packaged_model(model, device="cpu", tracking=tracking)
+    return _MODELS[key]
+
+
+class _ListSink:
+    """Collects what ``StudyCollector`` would write, to send it to the driver."""
+
+    def __init__(self) -> None:
+        self.studies: list[dict[str, Any]] = []
+
+    def add_study(self, series_rows: Sequence[dict], row: dict | None, errors: Sequence[dict] = ()) -> None:
+        self.studies.append({"series_rows": list(series_rows), "row": row, "errors": list(errors)})
+
+
+def study_pass(model: str, tracking: str | None, done: frozenset[str], batch_size: int, threads: int,
+               aggregate: str | None) -> Any:
+    """Executor, pass 2 (a ``mapInPandas`` function): scan, group and score the studies of a partition."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import torch
+
+        from pipelines.data.scan_settings import scan_limits, selection_rules
+        from pipelines.dicom.scan import scan
+        from pipelines.scoring.collector import StudyCollector
+        from pipelines.scoring.predictor import Predictor, series_item
+
+        torch.set_num_threads(threads)
+        frame = pd.concat(list(batches), ignore_index=True)
+        if frame.empty:
+            return
+        loaded = _loaded(model, tracking)
+        predictor = Predictor.from_package(loaded, aggregate=aggregate, batch_size=batch_size, workers=0)
+        rows: list[tuple[str, str, str]] = []
+        for study, files in frame.groupby("study", sort=True)["path"]:
+            if study in done:
+                rows.append(("carried", study, json.dumps(sorted(files))))
+                continue
+            scanned = scan(sorted(files), selection_rules(loaded.config), limits=scan_limits(loaded.config))
+            rows += [("rejected", study, json.dumps(r.as_row())) for r in scanned.rejected]
+            sink = _ListSink()
+            collector = StudyCollector(scanned.series, loaded, predictor, sink, None)
+            predictor.stream([series_item(s) for s in scanned.series],
+                             lambda i, s, _p, _h, c=collector: c.add_score(i, s, None, None),
+                             lambda i, reason, message, c=collector: c.add_error(i, reason, message))
+            rows += [("study", study, json.dumps(result, default=str)) for result in sink.studies]
+        yield pd.DataFrame(rows, columns=["kind", "study", "payload"])
+
+    return run
+
+
+def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, done: set[str], master: str,
+                   batch_size: int, limits: Any, aggregate: str | None) -> SparkScored:
+    """List the files here, scan and score them on Spark; every study's rows come back to the driver."""
+    from pipelines.dicom.scan import iter_dicom_files
+
+    listing_errors: list[OSError] = []
+    paths = [str(p) for p in iter_dicom_files([str(p) for p in inputs], on_error=listing_errors.append)]
+    result = SparkScored(len(paths), [Rejected(str(e.filename), "unreadable", f"cannot be listed ({e.strerror}): "
+                                               "check the input path and its permissions") for e in listing_errors])
+    if not paths:
+        return result
+    spark = spark_session(master)
+    parallelism = spark.sparkContext.defaultParallelism
+    files = spark.createDataFrame(pd.DataFrame({"path": paths})).repartition(parallelism)
+    headers = files.mapInPandas(header_pass(vars(limits)), "path string, study string, rejected string").cache()
+    for row in headers.filter("rejected != ''").select("rejected").toLocalIterator():
+        result.rejected.append(Rejected(**json.loads(row["rejected"])))
+    threads = max(1, (os.cpu_count() or 1) // max(1, parallelism))
+    scored = (headers.filter("study != ''").select("path", "study").repartition(parallelism, "study")
+              .mapInPandas(study_pass(model, tracking, frozenset(done), batch_size, threads, aggregate), ROW_SCHEMA))
+    for row in scored.toLocalIterator():
+        payload = json.loads(row["payload"])
+        if row["kind"] == "rejected":
+            result.rejected.append(Rejected(**payload))
+        elif row["kind"] == "carried":
+            result.carried_files.update(payload)
+            result.skipped_studies.add(row["study"])
+        else:
+            result.studies.append(payload)
+            result.found_series += len(payload["series_rows"]) + len(payload["errors"])
+    headers.unpersist()
+    return result
