@@ -155,12 +155,11 @@ def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, don
     parallelism = spark.sparkContext.defaultParallelism
     files = spark.createDataFrame(pd.DataFrame({"path": paths})).repartition(parallelism)
     headers = files.mapInPandas(header_pass(vars(limits)), "path string, study string, rejected string").cache()
-    for row in headers.filter("rejected != ''").select("rejected").toLocalIterator():
-        result.rejected.append(Rejected(**json.loads(row["rejected"])))
     threads = max(1, (os.cpu_count() or 1) // max(1, parallelism))
     scored = (headers.filter("study != ''").select("path", "study").repartition(parallelism, "study")
               .mapInPandas(study_pass(model, tracking, frozenset(done), batch_size, threads, aggregate), ROW_SCHEMA))
-    for row in scored.toLocalIterator():
+    unreadable = headers.filter("rejected != ''").selectExpr("'rejected' AS kind", "'' AS study", "rejected AS payload")
+    for row in unreadable.unionByName(scored).toLocalIterator(prefetchPartitions=True):  # one job, streamed
         payload = json.loads(row["payload"])
         if row["kind"] == "rejected":
             result.rejected.append(Rejected(**payload))
