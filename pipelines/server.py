@@ -249,18 +249,18 @@ def server_env() -> dict[str, str]:
                                                    os.environ.get("PATH", os.defpath)])}
 
 
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
-    """Wait until ``url/health`` answers 200; a ConfigError if ``proc`` exits first or time runs out."""
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120.0, route: str = "/health",
+                 what: str = "mlflow server") -> None:
+    """Wait until ``url + route`` answers 200; a ConfigError if ``proc`` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}{route}", timeout=2) as response:
             if response.status == 200:
                 return
         if time.monotonic() > deadline:
-            raise ConfigError(f"mlflow server: no answer on {url}/health within {timeout:.0f} s: see its messages "
-                              "above")
+            raise ConfigError(f"{what}: no answer on {url}{route} within {timeout:.0f} s: see its messages above")
         time.sleep(0.25)
-    raise ConfigError(f"mlflow server: exited with code {proc.returncode} before answering {url}/health: see its "
+    raise ConfigError(f"{what}: exited with code {proc.returncode} before answering {url}{route}: see its "
                       "messages above")
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +18,10 @@ import pytest
 from helpers.dicom import study_folders
 from helpers.pipeline import free_port, sqlite_uri, stop_process_group, tiny_config
 
+from pipelines.config import ConfigError
 from pipelines.pipeline import run_pipeline
 from pipelines.scoring.requests import OUTPUT_COLUMNS, ROOTS_ENV
+from pipelines.server import wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,10 @@ def models_serve(model: Path, roots: str | None, log: Path, timeout: float = 120
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError), \
-                    urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    break
-            assert time.monotonic() < deadline, f"no /ping answer in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+        try:
+            wait_healthy(proc, url, timeout, route="/ping", what="mlflow models serve")
+        except ConfigError as exc:
+            raise AssertionError(f"{exc}:\n{log.read_text()[-3000:]}") from None
         yield url
     finally:
         stop_process_group(proc)

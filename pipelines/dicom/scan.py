@@ -180,6 +180,15 @@ def _walk_sorted(root: Path, on_error: Callable[[OSError], None] | None) -> Iter
                 yield Path(folder) / filename
 
 
+def list_files(roots: Sequence[Path | str]) -> tuple[list[Path], list[Rejected]]:
+    """The candidate files under ``roots`` (``iter_dicom_files``) and an ``unreadable`` row per folder that
+    cannot be listed."""
+    errors: list[OSError] = []
+    paths = list(iter_dicom_files(roots, on_error=errors.append))
+    return paths, [Rejected(str(e.filename), UNREADABLE, f"cannot be listed ({e.strerror}): check the input path "
+                            "and its permissions") for e in errors]
+
+
 def scan(roots: Sequence[Path | str], rules: SelectionRules = SelectionRules(), workers: int = 0,
          progress: bool = False, parallel_min_files: int = PARALLEL_MIN_FILES,
          limits: Limits = DEFAULT_LIMITS) -> ScanResult:
@@ -188,10 +197,7 @@ def scan(roots: Sequence[Path | str], rules: SelectionRules = SelectionRules(), 
     ``workers > 0`` reads headers in that many processes when there are at least ``parallel_min_files`` files;
     ``limits`` bound what one file may cost (``too_large``).
     """
-    listing_errors: list[OSError] = []
-    paths = list(iter_dicom_files(roots, on_error=listing_errors.append))
-    rejected = [Rejected(str(e.filename), UNREADABLE, f"cannot be listed ({e.strerror}): check the input path "
-                         "and its permissions") for e in listing_errors]
+    paths, rejected = list_files(roots)
     outcomes = _read_headers([str(p) for p in paths], workers if len(paths) >= parallel_min_files else 0, progress,
                              limits)
     with captured_warnings():  # a damaged UID warns with its value when classified: recorded, never printed

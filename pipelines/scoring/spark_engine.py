@@ -143,12 +143,11 @@ def study_pass(model: str, tracking: str | None, done: frozenset[str], batch_siz
 def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, done: set[str], master: str,
                    batch_size: int, limits: Any, aggregate: str | None) -> SparkScored:
     """List the files here, scan and score them on Spark; every study's rows come back to the driver."""
-    from pipelines.dicom.scan import iter_dicom_files
+    from pipelines.dicom.scan import list_files
 
-    listing_errors: list[OSError] = []
-    paths = [str(p) for p in iter_dicom_files([str(p) for p in inputs], on_error=listing_errors.append)]
-    result = SparkScored(len(paths), [Rejected(str(e.filename), "unreadable", f"cannot be listed ({e.strerror}): "
-                                               "check the input path and its permissions") for e in listing_errors])
+    found, unlisted = list_files([str(p) for p in inputs])
+    paths = [str(p) for p in found]
+    result = SparkScored(len(paths), unlisted)
     if not paths:
         return result
     spark = spark_session(master)

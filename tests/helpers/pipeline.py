@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -327,23 +325,10 @@ def mlflow_server(root: Path, startup_timeout: float = 90.0) -> Iterator[Server]
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=root, env=env, start_new_session=True)
     server = Server(url, root, proc, stderr_path)
     try:
-        deadline = time.monotonic() + startup_timeout
-        last_error = "no answer yet"
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited with {proc.returncode} before answering /health:\n"
-                                     f"{server.stderr()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-                    last_error = f"HTTP {response.status}"
-            except (urllib.error.URLError, ConnectionError, OSError) as exc:
-                last_error = repr(exc)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not answer {url}/health within {startup_timeout:.0f} s "
-                                     f"({last_error}); stderr:\n{server.stderr()}")
-            time.sleep(0.25)
+        try:
+            wait_healthy(proc, url, startup_timeout)
+        except ConfigError as exc:
+            raise AssertionError(f"{exc}; stderr:\n{server.stderr()}") from None
         yield server
     finally:
         stop_process_group(proc)
