@@ -341,6 +341,39 @@ def demo_command(kind: str, out: Path, studies: int | None) -> None:
     click.echo(run_demo(kind, out, studies))
 
 
+@cli.command("compare")
+@click.argument("refs", nargs=-1, required=True, metavar="RUN_OR_MODEL...")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="also write the comparison as a bar chart PNG")
+@clean_errors
+def compare_command(refs: tuple[str, ...], tracking_uri: str | None, png: Path | None) -> None:
+    """Headline test metrics, threshold, data and model of runs (run ids: a `medvit run` parent or an evaluate
+    run) or registered versions (models:/NAME/VERSION, models:/NAME@ALIAS), side by side."""
+    from mlflow import MlflowClient
+
+    from pipelines.reporting.compare import UnknownReference, compare_figure, compare_text, resolve
+    from pipelines.reporting.plots import save_figure
+    from pipelines.tracking import quiet_mlflow
+    from pipelines.tracking import tracking_uri as store_uri
+
+    quiet_mlflow()
+    client = MlflowClient(tracking_uri=tracking_uri or store_uri())
+    items, failed = [], 0
+    for ref in refs:
+        try:
+            items.append(resolve(ref, client))
+        except UnknownReference as exc:
+            click.echo(f"medvit compare: {exc}", err=True)
+            failed += 1
+    if items:
+        click.echo(compare_text(items))
+        if png is not None:
+            click.echo(f"chart: {save_figure(compare_figure(items), png)}")
+    sys.exit(EXIT_PARTIAL if failed else EXIT_OK)
+
+
 @cli.command("ui")
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -10,12 +10,14 @@ import pandas as pd
 from pipelines.config import PipelineConfig, load_config
 from pipelines.dicom.reasons import is_failure
 from pipelines.reporting.console import summary_table
+from pipelines.reporting.review import headline_metrics, pipeline_note
 from pipelines.stages.evaluate import EvaluateResult, run_evaluate
 from pipelines.stages.ingest import IngestResult, run_ingest
 from pipelines.stages.register import RegisterResult, run_register
 from pipelines.stages.score import ScoreOptions, run_score
 from pipelines.stages.train import run_train
-from pipelines.tracking import pipeline_run, tracking_uri
+from pipelines.tracking import model_label, pipeline_run, tracking_uri
+from pipelines.training.planning import planned_config
 from pipelines.training.trainer import TrainResult
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -55,12 +57,21 @@ class PipelineResult:
 
 
 def run_pipeline(config: PipelineConfig, *, alias: str | None = None, progress: bool = False) -> PipelineResult:
-    """ingest -> train -> evaluate -> register, each a child run of one parent run."""
+    """ingest -> train -> evaluate -> register, each a child run of one parent run, which holds the resolved
+    config and the headline metrics (test AUROC and its CI, sensitivity, specificity, training) for the runs table."""
     with pipeline_run(config) as parent:
-        ingest = run_ingest(config, progress=progress)
-        train = run_train(config, progress=progress)
-        evaluate = run_evaluate(config)
-        register = run_register(config, alias=alias)
+        try:
+            ingest = run_ingest(config, progress=progress)
+            train = run_train(config, progress=progress)
+            evaluate = run_evaluate(config)
+            register = run_register(config, alias=alias)
+        finally:  # the resolved config on the parent, however far the stages got
+            resolved = planned_config(config)
+            parent.finish(resolved)
+        summary = asdict(train)
+        parent.log_metrics(headline_metrics(evaluate.report, summary))
+        parent.set_note(pipeline_note(model_label(resolved), config.name, evaluate.report, summary,
+                                      f"{register.registered_name} v{register.version} @{register.alias}"))
     return PipelineResult(config, ingest, train, evaluate, register, parent.run_id)
 
 

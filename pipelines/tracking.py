@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +29,24 @@ from pipelines.config import PipelineConfig, flatten_tree
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "medvit.stage"
+NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows on a run, experiment or model
+MODEL_STAGES = ("plan", "train", "pretrain", "evaluate", "register", "score", "pipeline")
+# The config keys each stage reads (prefixes of the flattened params; {kind} is data.kind): a stage run logs
+# these only, the parent of `medvit run` logs the whole config for its kind.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data.", "split.", "privacy.", "preprocess.{kind}.color", "preprocess.cache_dir"),
+    "plan": ("data.kind", "preprocess.{kind}.", "model.", "train."),
+    "train": ("data.kind", "preprocess.{kind}.", "preprocess.cache_dir", "augment.", "model.", "train.",
+              "evaluate.aggregate"),
+    "pretrain": ("data.", "preprocess.{kind}.", "preprocess.cache_dir", "model.", "pretrain.", "train.accumulate",
+                 "train.amp", "train.compile", "train.deterministic", "train.device", "train.grad_clip",
+                 "train.num_workers", "train.seed"),
+    "evaluate": ("data.kind", "preprocess.{kind}.", "preprocess.cache_dir", "model.", "evaluate.", "split.seed"),
+    "register": ("data.kind", "preprocess.{kind}.", "model.", "evaluate.aggregate", "registry."),
+    "score": ("data.kind", "preprocess.{kind}.", "model.", "evaluate.aggregate"),
+    "pipeline": ("name", "data.", "preprocess.{kind}.", "preprocess.cache_dir", "augment.", "split.", "model.",
+                 "train.", "evaluate.", "tracking.", "registry.", "output.", "privacy."),
+}
 PATH_KEYS = ("data.dicom_root", "data.labels", "output.dir", "preprocess.cache_dir", "privacy.key_file",
              "pretrain.dicom_root")
 
@@ -37,7 +60,7 @@ def tracking_uri(config: PipelineConfig | None = None) -> str:
     return uri
 
 
-def _quiet_mlflow() -> None:
+def quiet_mlflow() -> None:
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -133,24 +156,117 @@ class StageRun:
 
             mlflow.set_tags(dict(tags))
 
-    def log_manifest(self, manifest: pd.DataFrame, digest: str, context: str) -> None:
-        """The manifest as an MLflow dataset input (ids, labels and splits only; no file paths)."""
+    def set_note(self, text: str) -> None:
+        """The run's description in the MLflow UI (one line of what the stage did)."""
+        self.set_tags({NOTE_TAG: text})
+
+    def log_manifest(self, manifest: pd.DataFrame, digest: str, context: str, name: str = "manifest") -> None:
+        """The manifest (or its test split) as an MLflow dataset input: schema and digest, no file paths."""
         if self.run:
             import mlflow
 
-            columns = [c for c in ("patient_key", "study_uid", "series_uid", "modality", "manufacturer",
-                                   "label", "split") if c in manifest.columns]
-            frame = manifest[columns].astype({"label": "float64"}) if "label" in columns else manifest[columns]
-            with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local file
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(frame, source="manifest.parquet", name="manifest", digest=digest,
-                                                  targets="label" if "label" in columns else None)
-            mlflow.log_input(dataset, context=context)
+            mlflow.log_input(manifest_dataset(manifest, digest, name), context=context)
+
+
+def manifest_dataset(manifest: pd.DataFrame, digest: str, name: str) -> Any:
+    """An MLflow dataset of manifest rows: ids, labels and splits only (MLflow stores its schema and profile)."""
+    import mlflow
+
+    columns = [c for c in ("patient_key", "study_uid", "series_uid", "modality", "manufacturer",
+                           "label", "split") if c in manifest.columns]
+    frame = manifest[columns].astype({"label": "float64"}) if "label" in columns else manifest[columns]
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local file
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_pandas(frame, source="manifest.parquet", name=name, digest=digest,
+                                       targets="label" if "label" in columns else None)
+
+
+
+_PIPELINE_STAMP: ContextVar[str | None] = ContextVar("medvit_pipeline_stamp", default=None)
+
+
+def run_stamp() -> str:
+    """Local time to the minute and 4 random hex digits: two runs of one config never share a name."""
+    return f"{datetime.now():%m%d-%H%M} {secrets.token_hex(2)}"
+
+
+def model_label(config: PipelineConfig) -> str:
+    """``vit_tiny``, ``hybrid-vit_tiny`` (``vit-custom`` without a preset), or the CNN's name (``resnet18``)."""
+    arch, preset = config.model.arch, config.model.preset
+    if arch == "vit":
+        return preset or "vit-custom"
+    if arch == "hybrid":
+        return f"hybrid-{preset or 'custom'}"
+    return arch
+
+
+def run_name(config: PipelineConfig, stage: str, stamp: str, with_model: bool | None = None) -> str:
+    """``train demo_xray hybrid-vit_tiny 1201-1714 3fa2``: the parent of ``medvit run`` has no stage word, and
+    stages without a model (ingest) no model label."""
+    words = [] if stage == "pipeline" else [stage]
+    words.append(config.name)
+    if stage in MODEL_STAGES if with_model is None else with_model:
+        words.append(model_label(config))
+    return " ".join([*words, stamp])
+
+
+@lru_cache(maxsize=1)
+def source_version() -> dict[str, str]:
+    """medvit's version and, when it runs from a git checkout, the commit (and whether the tree was dirty)."""
+    import medvit
+
+    tags = {"medvit.version": medvit.__version__}
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return tags
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    return tags | {"mlflow.source.git.commit": commit, "medvit.git_dirty": str(bool(dirty)).lower()}
+
+
+def run_tags(config: PipelineConfig, stage: str, with_model: bool | None = None) -> dict[str, str]:
+    """What a reviewer filters on: stage, config name, data kind, model (where the stage has one), code version."""
+    tags = {STAGE_TAG: stage, "medvit.config": config.name, "data.kind": config.data.kind, **source_version()}
+    if stage in MODEL_STAGES if with_model is None else with_model:
+        tags |= {"model.arch": config.model.arch, "model.label": model_label(config)}
+    return tags
+
+
+def stage_params(config: PipelineConfig, stage: str) -> dict[str, str]:
+    """The safe params of the config keys ``stage`` reads: ``STAGE_KEYS`` holds whole sections (``train.``) and
+    single keys (``data.kind``)."""
+    keys = [k.format(kind=config.data.kind) for k in STAGE_KEYS[stage]]
+    return {name: value for name, value in safe_params(config).items()
+            if any(name == k or (k.endswith(".") and name.startswith(k)) for k in keys)}
+
+
+def _start(config: PipelineConfig, stage: str) -> None:
+    quiet_mlflow()
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(config))
+    experiment = mlflow.set_experiment(config.tracking.experiment)
+    if NOTE_TAG not in (experiment.tags or {}):
+        mlflow.set_experiment_tag(NOTE_TAG, EXPERIMENT_NOTE)
+
+
+EXPERIMENT_NOTE = (
+    "medvit runs: normal/abnormal classification of DICOM X-ray (CR/DX) and MRI studies. Each `medvit run` is a "
+    "parent run (tag medvit.stage=pipeline) with one child run per stage (ingest, train, evaluate, register). "
+    "Parents carry the headline test metrics (auroc with its 95% CI, auprc, sensitivity and specificity at the "
+    "threshold chosen on validation, best_val_auroc, train_minutes): filter on tags.medvit.stage = 'pipeline' to "
+    "compare pipelines side by side, or run `medvit compare RUN_ID...` in a terminal.")
 
 
 @contextmanager
 def stage_run(config: PipelineConfig, stage: str, enabled: bool = True, run_id: str | None = None) -> Iterator[StageRun]:
-    """Start the stage's run (nested when a ``medvit run`` parent is active) and log params + config.
+    """Start the stage's run (nested when a ``medvit run`` parent is active), with its name, tags, the params of
+    the config keys it reads and the config as ``config.yaml``.
 
     With ``run_id`` (a resumed training), that run is continued instead of a new one started.
     """
@@ -159,31 +275,50 @@ def stage_run(config: PipelineConfig, stage: str, enabled: bool = True, run_id: 
         return
     import mlflow
 
-    _quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri(config))
-    mlflow.set_experiment(config.tracking.experiment)
+    _start(config, stage)
     nested = mlflow.active_run() is not None
     if run_id is not None:
         with mlflow.start_run(run_id=run_id, nested=nested) as run:
             yield StageRun(run)
         return
-    with mlflow.start_run(run_name=f"{config.name}-{stage}", nested=nested,
-                          tags={STAGE_TAG: stage, "medvit.config": config.name},
+    stamp = (_PIPELINE_STAMP.get() if nested else None) or run_stamp()
+    with mlflow.start_run(run_name=run_name(config, stage, stamp), nested=nested, tags=run_tags(config, stage),
                           log_system_metrics=config.tracking.system_metrics and stage in ("train", "pretrain")) as run:
-        mlflow.log_params(safe_params(config))
+        mlflow.log_params(stage_params(config, stage))
         mlflow.log_text(safe_config_yaml(config), "config.yaml")
         yield StageRun(run)
 
 
 @contextmanager
-def pipeline_run(config: PipelineConfig) -> Iterator[StageRun]:
-    """The parent run of ``medvit run``: its stages become child runs."""
+def pipeline_run(config: PipelineConfig) -> Iterator[PipelineRun]:
+    """The parent run of ``medvit run``: its stages become child runs named with the parent's stamp.
+
+    The config is logged by :meth:`PipelineRun.finish` (once the plan resolved it), tags and name again then.
+    """
     import mlflow
 
-    _quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri(config))
-    mlflow.set_experiment(config.tracking.experiment)
-    with mlflow.start_run(run_name=config.name, tags={STAGE_TAG: "pipeline", "medvit.config": config.name}) as run:
-        mlflow.log_params(safe_params(config))
-        mlflow.log_text(safe_config_yaml(config), "config.yaml")
-        yield StageRun(run)
+    _start(config, "pipeline")
+    stamp = run_stamp()
+    token = _PIPELINE_STAMP.set(stamp)
+    try:
+        with mlflow.start_run(run_name=run_name(config, "pipeline", stamp, with_model=False),
+                              tags=run_tags(config, "pipeline", with_model=False)) as run:
+            yield PipelineRun(run, stamp)
+    finally:
+        _PIPELINE_STAMP.reset(token)
+
+
+class PipelineRun(StageRun):
+    """The parent run's handle: :meth:`finish` records the resolved config, the model tags and the final name."""
+
+    def __init__(self, run: Any, stamp: str):
+        super().__init__(run)
+        self.stamp = stamp
+
+    def finish(self, resolved: PipelineConfig) -> None:
+        import mlflow
+
+        mlflow.log_params(stage_params(resolved, "pipeline"))
+        mlflow.log_text(safe_config_yaml(resolved), "config.yaml")
+        mlflow.set_tags(run_tags(resolved, "pipeline"))
+        mlflow.MlflowClient().update_run(self.run_id, name=run_name(resolved, "pipeline", self.stamp))

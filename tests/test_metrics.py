@@ -30,6 +30,7 @@ from pipelines.reporting.metrics import (
 )
 from pipelines.reporting.plots import (
     confusion_figure,
+    loss_figure,
     pr_figure,
     reliability_figure,
     roc_figure,
@@ -377,6 +378,35 @@ def test_plots_save_to_png_and_show_the_numbers(tmp_path):
     hist = score_histogram_figure(Y, S, threshold=0.6)
     assert "normal (n=5)" in _texts(hist) and "threshold = 0.6" in _texts(hist)
     _check_png(hist, tmp_path / "scores.png")
+
+
+def test_reliability_shows_counts_leaves_empty_bins_out_and_never_reads_two_cases_as_certain(tmp_path):
+    y = [0, 0, 0, 0, 1, 1]  # bins 0-0.1 (4 normal), 0.9-1 (2 abnormal); the 8 bins between are empty
+    p = [0.01, 0.02, 0.03, 0.04, 0.95, 0.96]
+    fig = reliability_figure(y, p, n_bins=10)
+    top, bottom = fig.axes
+    points = top.containers[0]  # the errorbar container: one marker per non-empty bin
+    xs, ys = points.lines[0].get_data()
+    assert len(xs) == 2 and list(ys) == [0.0, 1.0]
+    lows = points.lines[2][0].get_segments()
+    assert lows[1][0][1] < 0.5, "2 of 2 abnormal: the 95% interval reaches far below 100%"
+    line = next(ln for ln in top.lines if ln.get_linestyle() == "-")
+    assert np.isnan(line.get_ydata()[1:9]).all(), "the line breaks at the empty bins"
+    assert {"n=4", "n=2"} <= {t.get_text() for t in top.texts}
+    assert [t.get_text() for t in bottom.texts] == ["4", "2"] and len(bottom.patches) == 2
+    _check_png(fig, tmp_path / "reliability.png")
+
+
+def test_loss_figure_puts_train_and_validation_loss_on_one_chart(tmp_path):
+    history = [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_loss": 0.72 - 0.05 * e, "val_auroc": 0.5 + 0.1 * e}
+               for e in (1, 2, 3)]
+    fig = loss_figure(history, best_epoch=2)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.lines]
+    assert labels[:2] == ["train loss", "validation loss"] and "best epoch 2" in labels
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([0.67, 0.62, 0.57])
+    _check_png(fig, tmp_path / "loss.png")
+    _check_png(loss_figure([]), tmp_path / "empty.png")
 
 
 def test_plots_survive_degenerate_input(tmp_path):

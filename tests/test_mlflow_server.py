@@ -63,6 +63,22 @@ def test_run_tree_through_the_server(served):
     assert "model_card.md" in {a.path for a in client.list_artifacts(by_stage["register"].info.run_id)}
 
 
+def test_review_record_through_the_server(served):
+    """Names, notes, headline metrics on the parent, version tags and logged-model metrics over HTTP too."""
+    client, result = served["client"], served["result"]
+    parent = client.get_run(result.run_id)
+    assert parent.info.run_name.startswith("test_xray vit_tiny ")
+    assert parent.data.metrics["auroc"] == pytest.approx(result.evaluate.metrics["auroc"])
+    assert parent.data.tags["mlflow.note.content"].startswith("vit_tiny on test_xray: test AUROC")
+    assert parent.data.params["train.epochs"] == "2" and "pretrain.epochs" not in parent.data.params
+    version = client.get_model_version(REGISTRY_NAME, result.register.version)
+    assert version.tags["metric.auroc"] == f"{result.evaluate.metrics['auroc']:.4f}"
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert {m.key: m.dataset_name for m in logged.metrics}["auroc"] == "test split"
+    mlmodel = mlflow.artifacts.load_text(f"{logged.artifact_location}/MLmodel")
+    assert "model_code_path: pyfunc_model.py" in mlmodel
+
+
 def test_artifacts_went_to_the_server_not_the_working_directory(served, server):
     stored = {p.name for p in (server.root / "artifacts").rglob("*") if p.is_file()}
     assert {"model_card.md", "data_card.md", "best.safetensors", "MLmodel", "roc.png"} <= stored

@@ -41,7 +41,7 @@ from pipelines.config import dump_config, validate_config
 from pipelines.pipeline import run_pipeline
 from pipelines.scoring.requests import OUTPUT_COLUMNS
 from pipelines.stages.register import packaged_config, run_register
-from pipelines.tracking import safe_config_yaml, safe_params
+from pipelines.tracking import safe_config_yaml, safe_params, stage_params
 from pipelines.training.planning import planned_config
 
 EVALUATE_METRICS = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "specificity", "ece")
@@ -111,27 +111,35 @@ def test_one_parent_run_with_exactly_the_four_stage_children(piped):
     assert children["register"].info.run_id == result.register.run_id
 
 
-def test_every_run_has_the_flattened_config_as_params_and_a_config_artifact(piped):
+def test_each_run_logs_the_params_of_its_stage_and_the_parent_the_whole_resolved_config(piped):
     client = piped["client"]
     children = _children(piped)
     parent = client.get_run(piped["result"].run_id)
-    expected = safe_params(piped["config"])
-    planned = safe_params(planned_config(piped["config"]))  # train.plan: auto: from train on, the plan applied
-    assert planned != expected
-    for run in [parent, *children.values()]:
+    given = piped["config"]
+    planned = planned_config(given)  # train.plan: auto: from train on, the plan applied
+    assert safe_params(planned) != safe_params(given)
+    assert parent.data.params == stage_params(planned, "pipeline")
+    for stage, run in children.items():
         params = {k: v for k, v in run.data.params.items() if not k.startswith("plan.")}  # train: the plan too
-        assert params == (planned if run.data.tags["medvit.stage"] in ("train", "evaluate", "register")
-                          else expected), run.info.run_name
-        assert params["data.kind"] == "xray" and params["train.epochs"] == "2"
-        assert params["model.embed_dim"] == "32" and params["preprocess.xray.img_size"] == "32"
-        assert params["data.dicom_root"] == params["data.labels"] == params["output.dir"] == "<path>"
-        assert params["tracking.uri"] == "sqlite:<path>"
+        assert params == stage_params(given if stage == "ingest" else planned, stage), stage
+    for run in [parent, *children.values()]:
+        params = run.data.params
+        assert not any(k.startswith(("pretrain.", "preprocess.mri.")) for k in params), run.info.run_name
+        assert params["data.kind"] == "xray"
         assert not any("." not in k and k != "name" for k in params), "params must be flattened section.key"
         text = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
                                                         tracking_uri=piped["uri"])).read_text()
         logged = yaml.safe_load(text)
         assert logged["train"]["epochs"] == 2 and logged["model"]["preset"] == "vit_tiny"
         assert logged["data"]["dicom_root"] == "<path>"
+    assert parent.data.params["train.epochs"] == children["train"].data.params["train.epochs"] == "2"
+    assert parent.data.params["model.embed_dim"] == "32" and parent.data.params["preprocess.xray.img_size"] == "32"
+    assert parent.data.params["data.dicom_root"] == parent.data.params["output.dir"] == "<path>"
+    assert parent.data.params["tracking.uri"] == "sqlite:<path>"
+    assert children["ingest"].data.params["data.dicom_root"] == "<path>"
+    assert not any(k.startswith(("model.", "train.")) for k in children["ingest"].data.params)
+    assert not any(k.startswith(("train.", "split.", "data.dicom_root")) for k in children["register"].data.params)
+    assert "registry.name" in children["register"].data.params
 
 
 def test_train_run_has_one_value_per_epoch_of_each_epoch_metric(piped):
@@ -446,7 +454,8 @@ def test_each_stage_alone_via_the_cli(xray_cohort, tmp_path_factory, workdir):
     by_stage = {r.data.tags["medvit.stage"]: r for r in runs}
     assert {s: by_stage[s].info.run_id for s in run_ids} == run_ids
     assert by_stage["train"].data.params["train.epochs"] == "1", "--set reaches the logged params"
-    assert by_stage["ingest"].data.params["train.epochs"] == "2"
+    assert by_stage["evaluate"].data.params["evaluate.bootstrap"] == "100"
+    assert "train.epochs" not in by_stage["ingest"].data.params, "ingest logs the keys it reads only"
     assert len(client.get_metric_history(by_stage["train"].info.run_id, "train_loss")) == 1
     version = client.get_model_version_by_alias("medvit_cli", "candidate")
     assert version.run_id == by_stage["register"].info.run_id

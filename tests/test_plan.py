@@ -15,13 +15,13 @@ from helpers.pipeline import fresh_out, train_config
 from pipelines.cli import cli
 from pipelines.config import ConfigError, TrainConfig, dump_config, get_key, load_config
 from pipelines.data.manifest import load_manifest
+from pipelines.reporting.model_card import model_card
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.register import model_card
 from pipelines.stages.train import run_train
 from pipelines.training.checkpoint import load_state
 from pipelines.training.early_stopping import EarlyStopping
 from pipelines.training.plan import fingerprint, make_plan
-from pipelines.training.planning import resolve
+from pipelines.training.planning import plan_rows, resolve
 
 # A large, balanced X-ray dataset; the tests change one thing at a time.
 BIG = {"n_train": 2000, "n_val": 400, "n_test": 400, "n_unlabelled": 0, "abnormal_fraction": 0.5,
@@ -243,7 +243,7 @@ def test_model_card_lists_the_training_plan(xray_cohort, ingested):
     test = dict.fromkeys(["auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "specificity", "ppv",
                           "npv", "ece"], 0.5) | {"n": 5, "n_pos": 2}
     report = {"test": test, "threshold": 0.5, "threshold_method": "youden", "aggregate": "max"}
-    card = model_card(config, report, {}, "1", record)
+    card = model_card(config, report, {}, "1", (32, 32), plan_rows(record))
     assert "## Training plan" in card and "| `train.lr` | 0.001 | config |" in card
     assert "| `model.arch` | hybrid | planned |" in card
-    assert "## Training plan" not in model_card(config, report, {}, "1")
+    assert "## Training plan" not in model_card(config, report, {}, "1", (32, 32))

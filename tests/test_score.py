@@ -447,6 +447,8 @@ def test_log_mlflow_records_a_score_run_without_identifiers(registered, new_fold
     run = runs[0]
     assert run.data.metrics["n_studies_scored"] == 40 and run.data.metrics["studies_per_sec"] > 0
     assert run.data.tags["medvit.model"] == result.summary["model"]["label"]
+    assert run.data.tags["mlflow.note.content"].startswith("score: 40 studies (")
+    assert run.data.params["score.engine"] == "local" and not any(k.startswith("train.") for k in run.data.params)
     held = json.dumps([run.data.params, run.data.tags, run.data.metrics])
     artifact = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="summary.json",
                                                         dst_path=str(tmp_path / "dl"), tracking_uri=uri))

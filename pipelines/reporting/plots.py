@@ -1,4 +1,4 @@
-"""Evaluation figures of a normal / abnormal classifier: ROC, PR, reliability, confusion matrix, score histogram.
+"""Figures of a normal / abnormal classifier: ROC, PR, reliability, confusion matrix, score histogram, loss curves.
 
 Each function takes numbers only (labels, scores, counts) and returns a :class:`matplotlib.figure.Figure`
 built directly, without pyplot, so no GUI backend is ever selected; :func:`save_figure` writes it as PNG.
@@ -107,8 +107,9 @@ def pr_figure(y_true, y_score, threshold: float | None = None) -> Figure:
 
 
 def reliability_figure(y_true, y_prob, n_bins: int = 10) -> Figure:
-    """Reliability diagram (observed fraction abnormal vs mean predicted probability per equal-width bin)
-    above a histogram of the bin counts; the ECE (same bins) is in the title."""
+    """Reliability diagram: per non-empty equal-width bin, the observed fraction abnormal against the mean
+    predicted probability, with its 95% Wilson interval (a bin of two cases is not read as 100%) and its case
+    count; empty bins are left out and never bridged. Below, the cases per bin. ECE (same bins) in the title."""
     y, p = as_binary_arrays(y_true, y_prob)
     bins = calibration_bins(y, p, n_bins)
     ece = expected_calibration_error(y, p, n_bins)
@@ -119,19 +120,60 @@ def reliability_figure(y_true, y_prob, n_bins: int = 10) -> Figure:
     top.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfect calibration")
     used = bins.count > 0
     if used.any():
-        centers = (bins.edges[:-1] + bins.edges[1:]) / 2
-        width = bins.edges[1] - bins.edges[0]
-        top.bar(centers[used], bins.frac_pos[used], width=width * 0.9, color=NORMAL_COLOR, alpha=0.3,
-                edgecolor=NORMAL_COLOR, label="fraction abnormal per bin")
-        top.plot(bins.mean_prob[used], bins.frac_pos[used], "o-", color=ABNORMAL_COLOR, label="model")
+        low, high = _wilson_intervals(np.rint(bins.frac_pos[used] * bins.count[used]), bins.count[used])
+        x, frac = bins.mean_prob[used], bins.frac_pos[used]
+        line_x = np.where(used, bins.mean_prob, np.nan)  # NaN at empty bins: the line breaks there
+        top.plot(line_x, np.where(used, bins.frac_pos, np.nan), "-", color=ABNORMAL_COLOR, lw=1, alpha=0.6)
+        top.errorbar(x, frac, yerr=[frac - low, high - frac], fmt="o", color=ABNORMAL_COLOR, ecolor="0.4",
+                     capsize=3, label="model (95% Wilson interval)")
+        for xi, fi, n in zip(x, frac, bins.count[used], strict=True):
+            top.annotate(f"n={n}", (xi, fi), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7,
+                         color="0.3")
     else:
         _note(top, "no cases")
-    top.legend(loc="upper left", fontsize=8)
-    bottom.bar((bins.edges[:-1] + bins.edges[1:]) / 2, bins.count, width=(bins.edges[1] - bins.edges[0]) * 0.9,
-               color="0.5")
+    top.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    centers, width = (bins.edges[:-1] + bins.edges[1:]) / 2, bins.edges[1] - bins.edges[0]
+    bars = bottom.bar(centers[used], bins.count[used], width=width * 0.9, color="0.5")
+    bottom.bar_label(bars, fontsize=7)
     bottom.set_xlabel("predicted probability of abnormal")
     bottom.set_ylabel("cases")
     bottom.set_xlim(-0.01, 1.01)
+    bottom.margins(y=0.25)
+    return fig
+
+
+def _wilson_intervals(successes: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score interval of each binomial proportion (scipy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    cis = [binomtest(int(k), int(n)).proportion_ci(0.95, method="wilson") for k, n in zip(successes, trials,
+                                                                                            strict=True)]
+    return np.array([c.low for c in cis]), np.array([c.high for c in cis])
+
+
+def loss_figure(history: list[dict[str, float]], best_epoch: int | None = None) -> Figure:
+    """Training and validation loss per epoch on one chart (validation AUROC on a second axis), best epoch marked."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (BCE)")
+    ax.grid(True, alpha=0.3)
+    if not history:
+        _note(ax, "no epochs")
+        return fig
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h.get("train_loss", np.nan) for h in history], "o-", color=NORMAL_COLOR, ms=3, label="train loss")
+    ax.plot(epochs, [h.get("val_loss", np.nan) for h in history], "s-", color=ABNORMAL_COLOR, ms=3,
+            label="validation loss")
+    auroc = ax.twinx()
+    auroc.plot(epochs, [h.get("val_auroc", np.nan) for h in history], ":", color="0.3", label="validation AUROC")
+    auroc.set_ylabel("validation AUROC")
+    auroc.set_ylim(0, 1.01)
+    if best_epoch:
+        ax.axvline(best_epoch, color="0.5", linestyle="--", lw=1, label=f"best epoch {best_epoch}")
+    handles = [h for a in (ax, auroc) for h in a.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8)
+    ax.set_title(f"Loss per epoch ({len(history)} epochs)")
     return fig
 
 

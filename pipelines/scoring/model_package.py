@@ -90,9 +90,9 @@ def download(uri: str, dest: Path, tracking: str, what: str = "model URI") -> Pa
     """Download an MLflow artifact URI (models:/, runs:/, ...) into ``dest``; any failure is one ConfigError line."""
     import mlflow
 
-    from pipelines.tracking import _quiet_mlflow
+    from pipelines.tracking import quiet_mlflow
 
-    _quiet_mlflow()
+    quiet_mlflow()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking))

@@ -3,7 +3,8 @@
 Reads ``OUTPUT/manifest.parquet`` and ``OUTPUT/train/best.safetensors``. Writes ``OUTPUT/evaluate/``:
 ``metrics.json`` (threshold, test metrics with the AUROC bootstrap CI, per-group tables), ``by_modality.csv``,
 ``by_manufacturer.csv``, ``predictions.csv`` (study, split, label, score, prediction; stays local) and
-``plots/*.png``. MLflow gets the metrics, plots and tables, never the study list.
+``plots/*.png``. MLflow gets the metrics (per modality and manufacturer too: ``auroc.manufacturer.<name>``),
+plots and tables, and the test split as an evaluation dataset (schema and digest), never the study list.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 from pipelines import runtime
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.data.dataset import manifest_items
-from pipelines.data.manifest import read_manifest
+from pipelines.data.manifest import manifest_digest, read_manifest
 from pipelines.layout import evaluate_dir, train_dir
 from pipelines.reporting.metrics import binary_metrics, choose_threshold, metrics_by_group
 from pipelines.reporting.plots import (
@@ -30,6 +31,7 @@ from pipelines.reporting.plots import (
     save_figure,
     score_histogram_figure,
 )
+from pipelines.reporting.review import evaluate_note, group_metrics
 from pipelines.scoring.predictor import Predictor, prediction_of
 from pipelines.tracking import stage_run
 from pipelines.training.modeling import load_model
@@ -42,6 +44,7 @@ LOGGED = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "spe
 @dataclass
 class EvaluateResult:
     metrics: dict[str, Any]
+    report: dict[str, Any]
     threshold: float
     threshold_method: str
     out_dir: Path
@@ -100,7 +103,8 @@ def run_evaluate(config: PipelineConfig, *, track: bool = True) -> EvaluateResul
                           batch_size=config.train.batch_size, workers=config.train.num_workers,
                           cache_dir=config.cache_dir)
     val = study_scores(predictor, labelled[labelled["split"] == "val"], config)
-    test = study_scores(predictor, labelled[labelled["split"] == "test"], config)
+    test_rows = labelled[labelled["split"] == "test"]
+    test = study_scores(predictor, test_rows, config)
     if test.empty:
         raise ConfigError("the manifest has no labelled test studies: set split.test > 0 and re-run ingest")
     ev = config.evaluate
@@ -129,13 +133,16 @@ def run_evaluate(config: PipelineConfig, *, track: bool = True) -> EvaluateResul
               "test": metrics, "n_val_studies": len(val),
               "by_modality": groups["modality"].to_dict("records"),
               "by_manufacturer": groups["manufacturer"].to_dict("records")}
-    (out / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2))
+    report = _json_safe(report)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
 
     with stage_run(config, "evaluate", enabled=track) as run:
-        run.log_metrics({k: metrics[k] for k in LOGGED} | {"threshold": threshold})
+        run.log_manifest(test_rows, manifest_digest(test_rows), context="evaluation", name="test split")
+        run.log_metrics({k: metrics[k] for k in LOGGED} | {"threshold": threshold} | group_metrics(report))
         run.set_tags({"medvit.threshold_method": method})
+        run.set_note(evaluate_note(report))
         for path in plots:
             run.log_artifact(path, "plots")
         for name in ("metrics.json", "by_modality.csv", "by_manufacturer.csv"):
             run.log_artifact(out / name)
-    return EvaluateResult(metrics, threshold, method, out, run.run_id)
+    return EvaluateResult(metrics, report, threshold, method, out, run.run_id)

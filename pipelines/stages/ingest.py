@@ -18,6 +18,7 @@ from pipelines.data.splits import assign_splits
 from pipelines.dicom.reasons import BAD_FILE_NAME, Rejected
 from pipelines.dicom.scan import Series, scan
 from pipelines.files import writable_folder
+from pipelines.reporting.review import ingest_note
 from pipelines.tracking import stage_run
 
 
@@ -94,3 +95,4 @@ def _log(config: PipelineConfig, manifest: pd.DataFrame, errors: pd.DataFrame, d
         by_reason = errors.groupby("reason_code").size().to_dict() if len(errors) else {}
         run.log_dict({"rejected_by_reason": {k: int(v) for k, v in by_reason.items()}}, "errors_summary.json")
         run.set_tags({"medvit.manifest_digest": digest})
+        run.set_note(ingest_note(config.data.kind, n_files, counts, len(errors)))

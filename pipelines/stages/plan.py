@@ -13,8 +13,9 @@ from typing import Any
 
 from pipelines.config import PipelineConfig
 from pipelines.data.manifest import load_manifest
+from pipelines.reporting.review import plan_note
 from pipelines.tracking import stage_run
-from pipelines.training.planning import plan_params, plan_path, plan_record, write_plan
+from pipelines.training.planning import plan_params, plan_path, plan_record, plan_rows, write_plan
 
 
 @dataclass
@@ -34,4 +35,5 @@ def run_plan(config: PipelineConfig, *, track: bool = True) -> PlanResult:
         run.log_params(plan_params(record))
         run.log_artifact(path)
         run.set_tags({"medvit.plan": config.train.plan})
+        run.set_note(plan_note(plan_rows(record)))
     return PlanResult(record, path, run.run_id)

@@ -14,8 +14,10 @@ from dataclasses import asdict
 from pipelines import runtime
 from pipelines.config import PipelineConfig
 from pipelines.layout import pretrain_dir
-from pipelines.tracking import stage_run
+from pipelines.reporting.review import pretrain_note
+from pipelines.tracking import model_label, stage_run
 from pipelines.training.checkpoint import load_state
+from pipelines.training.modeling import input_size
 from pipelines.training.pretrainer import ENCODER_ARTIFACT, Pretrainer, PretrainResult
 
 
@@ -55,4 +57,6 @@ def _pretrain(config: PipelineConfig, info: runtime.Dist, resume: bool, progress
                                         "encoder_uri": uri if uri.startswith("runs:/") else "pretrain/encoder.safetensors"}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             run.log_artifact(out / "summary.json")
+            run.set_note(pretrain_note(config.data.kind, model_label(config), input_size(config), result.n_series,
+                                       config.pretrain.mask_ratio, result.epochs_run, result.final_loss))
     return result

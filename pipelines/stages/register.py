@@ -3,6 +3,9 @@
 The package holds safetensors weights, the preprocessing/model config, the threshold chosen on validation
 and a model card, plus medvit's own source (``code_paths``), so it loads anywhere medvit's dependencies are
 installed. A copy is saved as a local model folder (``OUTPUT/model``) that ``medvit score`` also accepts.
+For the MLflow UI: the headline test metrics are linked to the logged model (with the test split as their
+dataset) and set as tags of the version, the model card is the version's description, and ``MLmodel``
+names its code file without the registering machine's path.
 """
 
 from __future__ import annotations
@@ -19,9 +22,20 @@ import pandas as pd
 import yaml
 
 from pipelines.config import ConfigError, PipelineConfig
+from pipelines.data.manifest import manifest_digest, read_manifest
 from pipelines.layout import evaluate_dir, train_dir
+from pipelines.reporting.model_card import model_card
+from pipelines.reporting.review import headline_metrics, register_note
 from pipelines.scoring.requests import signature
-from pipelines.tracking import safe_config_yaml, stage_run, tracking_uri
+from pipelines.tracking import (
+    STAGE_TAG,
+    manifest_dataset,
+    run_tags,
+    safe_config_yaml,
+    stage_run,
+    tracking_uri,
+)
+from pipelines.training.modeling import input_size
 from pipelines.training.planning import plan_rows, planned_config, read_plan
 
 PYFUNC_FILE = Path(__file__).resolve().parent.parent / "scoring" / "pyfunc_model.py"
@@ -62,79 +76,48 @@ def packaged_config(config: PipelineConfig) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
-def model_card(config: PipelineConfig, report: dict, train_summary: dict, version: str,
-               plan: dict | None = None) -> str:
-    m = report["test"]
+def _neutral_code_path(mlmodel_dir: Path) -> None:
+    """MLflow records the model code's absolute (temporary) path in ``MLmodel``; loading reads only its name."""
+    from mlflow.models import Model
 
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
-    return f"""# Model card: {config.registry.name} v{version}
-
-## Intended use
-Research decision support: flags {config.data.kind} studies as **abnormal** or **normal**. Not a medical
-device; a clinician reads every study. Trained and evaluated on `{config.name}` data only.
-
-## Model
-{_architecture(config)}, input
-{'x'.join(str(s) for s in _input(config))}, one logit (probability of abnormal). Best epoch
-{train_summary.get('best_epoch')} of {train_summary.get('epochs_run')} (validation AUROC
-{fmt(train_summary.get('best_val_auroc'))}).
-
-## Data
-Patient-grouped split (no patient in two splits); see the data card logged with the ingest run.
-Test split: {m['n']} studies, {m['n_pos']} abnormal.
-{_plan_section(plan)}
-## Metrics (test split)
-| metric | value |
-| --- | --- |
-| AUROC (95% bootstrap CI) | {fmt(m['auroc'])} ({fmt(m['auroc_ci_low'])}-{fmt(m['auroc_ci_high'])}) |
-| AUPRC | {fmt(m['auprc'])} |
-| sensitivity | {fmt(m['sensitivity'])} |
-| specificity | {fmt(m['specificity'])} |
-| PPV / NPV | {fmt(m['ppv'])} / {fmt(m['npv'])} |
-| expected calibration error | {fmt(m['ece'])} |
-
-## Operating threshold
-{report['threshold']:.4f}, chosen on the validation split by {report['threshold_method']}; series scores are
-combined per study by {report['aggregate']}.
-
-## Limits
-Metrics come from one site's split and a small test set (see the CI). Performance on other scanners,
-populations or protocols is unknown until measured. Scores are not calibrated probabilities unless the
-reliability diagram of the evaluate run says so.
-"""
+    model = Model.load(str(mlmodel_dir))
+    flavor = model.flavors["python_function"]
+    flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+    model.save(str(mlmodel_dir / "MLmodel"))
 
 
-def _plan_section(plan: dict | None) -> str:
-    """The "Training plan" section: planned keys and the values trained with (empty without plan.json)."""
-    if not plan:
-        return ""
-    rows = "\n".join(f"| `{key}` | {value} | {source} |" for key, value, source, _ in plan_rows(plan))
-    return f"""
-## Training plan
-Keys the config left unset were planned from the dataset and machine fingerprint (`train.plan: auto`; mostly starting
-heuristics, see docs/benchmarks.md). Full record with reasons: `plan.json` of the train run.
+def _neutral_logged_code_path(model_id: str, scratch: Path) -> None:
+    """The same for the logged model: its ``MLmodel`` rewritten in the store."""
+    import mlflow
 
-| key | value | source |
-| --- | --- | --- |
-{rows}
-"""
+    client = mlflow.MlflowClient()
+    folder = scratch / "logged"
+    folder.mkdir()
+    mlflow.artifacts.download_artifacts(artifact_uri=f"{client.get_logged_model(model_id).artifact_location}/MLmodel",
+                                        dst_path=str(folder))
+    _neutral_code_path(folder)
+    client.log_model_artifact(model_id, str(folder / "MLmodel"))
 
 
-def _architecture(config: PipelineConfig) -> str:
-    arch = config.model.arch
-    if arch in ("vit", "hybrid"):
-        distilled = ", distilled from a teacher" if config.train.distill else ""
-        init = ", initialised from a pretrained encoder" if config.train.init else ""
-        return f"medvit Vision Transformer ({arch}, preset `{config.model.preset}`{distilled}{init})"
-    return f"MONAI {arch} (CNN baseline, randomly initialised)"
+def version_tags(config: PipelineConfig, headline: dict[str, float], method: str) -> dict[str, str]:
+    """Tags of the registered version: the headline metrics (4 decimals), kind, model, threshold rule, code."""
+    metrics = {f"metric.{k}": f"{v:.4f}" for k, v in headline.items() if not k.startswith(("auroc.", "n."))}
+    return metrics | {k: v for k, v in run_tags(config, "register").items() if k != STAGE_TAG} | {
+        "medvit.threshold_method": method}
 
 
-def _input(config: PipelineConfig) -> tuple[int, ...]:
-    from pipelines.training.modeling import input_size
+def registered_model_note(config: PipelineConfig) -> str:
+    return (f"medvit {config.data.kind} classifier (normal / abnormal) from `{config.name}`. Each version's "
+            "description is its model card; its tags hold the test metrics (metric.auroc, metric.sensitivity, "
+            "...), data.kind and model.arch; the logged model holds the same metrics linked to the test split. "
+            "Aliases: candidate (latest registered), champion (promoted by `medvit register --alias champion`). "
+            "Compare versions with `medvit compare models:/NAME/1 models:/NAME/2`.")
 
-    return input_size(config)
+
+def _test_dataset(config: PipelineConfig) -> object:
+    manifest = read_manifest(config.output.dir / "manifest.parquet")
+    test = manifest[manifest["label"].notna() & (manifest["split"] == "test")]
+    return manifest_dataset(test, manifest_digest(test), "test split")
 
 
 def run_register(config: PipelineConfig, *, alias: str | None = None, track: bool = True) -> RegisterResult:
@@ -178,14 +161,23 @@ def run_register(config: PipelineConfig, *, alias: str | None = None, track: boo
                    "pip_requirements": pip_requirements()}
         mlflow.pyfunc.save_model(path=str(local), **package)
         info = mlflow.pyfunc.log_model(name="model", **package)
+        _neutral_code_path(local)
+        _neutral_logged_code_path(info.model_id, Path(pkg))
+        headline = headline_metrics(report, train_summary)
+        mlflow.log_metrics(headline, model_id=info.model_id, dataset=_test_dataset(config))
         version = mlflow.register_model(info.model_uri, config.registry.name)
         client = MlflowClient()
         client.set_registered_model_alias(config.registry.name, alias, version.version)
+        client.update_registered_model(config.registry.name, description=registered_model_note(config))
+        for key, value in version_tags(config, headline, report["threshold_method"]).items():
+            client.set_model_version_tag(config.registry.name, version.version, key, value)
         plan = read_plan(config) if config.train.plan == "auto" else None
-        card = model_card(config, report, train_summary, str(version.version), plan)
+        card = model_card(config, report, train_summary, str(version.version), input_size(config),
+                          plan_rows(plan) if plan else None)
         client.update_model_version(config.registry.name, version.version, description=card)
         run.log_text(card, "model_card.md")
         run.set_tags({"medvit.registered_model": f"{config.registry.name}/{version.version}", "medvit.alias": alias})
+        run.set_note(register_note(config.registry.name, str(version.version), alias, report))
     for folder in (staging, local):
         (folder / "model_card.md").write_text(card)
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -198,6 +198,7 @@ def _score_on_spark(options: ScoreOptions, loaded: LoadedModel, outputs: ScoreOu
 
 def run_score(options: ScoreOptions) -> ScoreResult:
     """Entry point of the score stage: scan, score what is not scored yet, publish, merge shards."""
+    from pipelines.reporting.review import score_note
     from pipelines.tracking import stage_run
 
     started, t0 = datetime.now(UTC), time.perf_counter()
@@ -237,7 +238,11 @@ def run_score(options: ScoreOptions) -> ScoreResult:
             run.log_metrics({**{f"n_{k}": float(v) for k, v in summary["counts"].items()},
                              **{f"time_{k}_s": float(v) for k, v in summary["timings_s"].items()},
                              "studies_per_sec": float(summary["studies_per_sec"])})
+            run.log_params({"score.engine": options.engine, "score.batch_size": str(options.batch_size),
+                            "score.device": options.device, "score.aggregate": scored.aggregate,
+                            "score.heatmaps": str(options.heatmaps).lower()})
             run.log_dict(summary, "summary.json")
+            run.set_note(score_note(loaded.label, summary))
     return ScoreResult(folder, summary, frames, merged)
 
 

@@ -17,9 +17,12 @@ from pipelines import runtime
 from pipelines.config import PipelineConfig
 from pipelines.data.manifest import manifest_digest
 from pipelines.layout import train_dir
-from pipelines.tracking import stage_run
+from pipelines.reporting.plots import loss_figure, save_figure
+from pipelines.reporting.review import train_minutes, train_note
+from pipelines.tracking import model_label, stage_run
 from pipelines.training import planning
 from pipelines.training.checkpoint import load_state
+from pipelines.training.modeling import input_size
 from pipelines.training.trainer import Trainer, TrainResult
 
 
@@ -59,6 +62,10 @@ def _train(config: PipelineConfig, info: runtime.Dist, resume: bool, progress: b
         if info.is_main:  # paths relative to output.dir: no site path goes to MLflow
             summary = asdict(result) | {"best_path": "train/best.safetensors", "last_path": "train/last.safetensors"}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
-            run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch})
+            run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
+                             "train_minutes": train_minutes(result.history)})
             run.log_artifact(out / "summary.json")
+            run.log_artifact(save_figure(loss_figure(result.history, result.best_epoch), out / "loss.png"), "plots")
+            n_train = int((trainer.manifest["split"] == "train").sum())
+            run.set_note(train_note(model_label(config), input_size(config), n_train, summary))
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,9 @@ class Trainer:
         last_path, best_path = out / "last.safetensors", out / "best.safetensors"
         stopped_early, is_main = False, self.info.is_main
         while self.epoch < self.n_epochs:
+            started = time.perf_counter()
             metrics = {**self.train_epoch(progress), **self.validate()}
+            metrics["epoch_seconds"] = time.perf_counter() - started
             self.epoch += 1
             self.history.append({"epoch": self.epoch, **metrics})
             saves = []

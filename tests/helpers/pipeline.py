@@ -157,7 +157,8 @@ def mlflow_holdings(tracking_uri: str, experiment: str, dst: Path) -> dict[str, 
     """Label -> bytes for everything the store holds about ``experiment``.
 
     Runs (name, params keys and values, tags, metric names, dataset inputs with name/digest/source/schema/
-    profile, model inputs/outputs, every artifact file), logged models (params, tags, every artifact file),
+    profile, model inputs/outputs, every artifact file), logged models (params, tags, metrics with their
+    datasets, every artifact file),
     registered models (tags, aliases, description) and all their versions (description, tags, source, every
     artifact file downloaded through ``models:/NAME/VERSION``).
     """
@@ -194,6 +195,8 @@ def mlflow_holdings(tracking_uri: str, experiment: str, dst: Path) -> dict[str, 
         label = f"logged model {model.name} ({model.model_id})"
         blobs[f"{label}: params"] = "\n".join(f"{k}={v}" for k, v in sorted((model.params or {}).items())).encode()
         blobs[f"{label}: tags"] = "\n".join(f"{k}={v}" for k, v in sorted((model.tags or {}).items())).encode()
+        blobs[f"{label}: metrics"] = "\n".join(f"{m.key} {m.dataset_name} {m.dataset_digest}"
+                                               for m in model.metrics or []).encode()
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model.model_id}",
                                                          dst_path=str(dst / "models" / model.model_id)))
         blobs |= _files(local, f"{label}: artifact")
