@@ -30,6 +30,7 @@ from pipelines.config import PipelineConfig, flatten_tree
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_TAG = "medvit.stage"
 NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows on a run, experiment or model
+KIND_TAG = "mlflow.experimentKind"
 MODEL_STAGES = ("plan", "train", "pretrain", "evaluate", "register", "score", "pipeline")
 # The config keys each stage reads (prefixes of the flattened params; {kind} is data.kind): a stage run logs
 # these only, the parent of `medvit run` logs the whole config for its kind.
@@ -251,8 +252,11 @@ def _start(config: PipelineConfig, stage: str) -> None:
 
     mlflow.set_tracking_uri(tracking_uri(config))
     experiment = mlflow.set_experiment(config.tracking.experiment)
-    if NOTE_TAG not in (experiment.tags or {}):
+    tags = experiment.tags or {}
+    if NOTE_TAG not in tags:
         mlflow.set_experiment_tag(NOTE_TAG, EXPERIMENT_NOTE)
+    if KIND_TAG not in tags:  # MLflow 3's UI then opens the experiment on its training runs, not GenAI traces
+        mlflow.set_experiment_tag(KIND_TAG, "custom_model_development")
 
 
 EXPERIMENT_NOTE = (

@@ -109,6 +109,7 @@ def test_every_run_has_a_note_written_from_what_it_did(reviewed):
     assert all("\n" not in note for note in notes.values())
     exp = reviewed["client"].get_experiment_by_name(EXPERIMENT)
     assert "medvit compare" in exp.tags[NOTE_TAG]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
 
 
 def test_parents_carry_the_headline_metrics_and_compare_side_by_side(reviewed):
@@ -155,6 +156,7 @@ def test_registered_versions_carry_metrics_tags_and_a_description(reviewed):
         metrics = {m.key: m for m in logged.metrics}
         assert metrics["auroc"].value == pytest.approx(result.evaluate.metrics["auroc"])
         assert metrics["auroc"].dataset_name == "test split"
+        assert logged.tags[NOTE_TAG].startswith(f"{REGISTRY} version {number} (alias candidate)")
         evaluation = [i for i in _children(reviewed, name)["evaluate"].inputs.dataset_inputs
                       if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "evaluation"]
         assert [i.dataset.name for i in evaluation] == ["test split"]

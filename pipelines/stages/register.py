@@ -28,6 +28,7 @@ from pipelines.reporting.model_card import model_card
 from pipelines.reporting.review import headline_metrics, register_note
 from pipelines.scoring.requests import signature
 from pipelines.tracking import (
+    NOTE_TAG,
     STAGE_TAG,
     manifest_dataset,
     run_tags,
@@ -177,7 +178,9 @@ def run_register(config: PipelineConfig, *, alias: str | None = None, track: boo
         client.update_model_version(config.registry.name, version.version, description=card)
         run.log_text(card, "model_card.md")
         run.set_tags({"medvit.registered_model": f"{config.registry.name}/{version.version}", "medvit.alias": alias})
-        run.set_note(register_note(config.registry.name, str(version.version), alias, report))
+        note = register_note(config.registry.name, str(version.version), alias, report)
+        run.set_note(note)
+        client.set_logged_model_tags(info.model_id, {NOTE_TAG: note.removeprefix("register: ")})
     for folder in (staging, local):
         (folder / "model_card.md").write_text(card)
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
