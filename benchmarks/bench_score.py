@@ -4,6 +4,8 @@
     python benchmarks/bench_score.py --kind mri --studies 20 # the demo MRI model on a small MRI cohort
     python benchmarks/bench_score.py --device cuda --amp bf16 --config configs/xray_vit_s16.yaml --batch-size 64
     python benchmarks/bench_score.py --memory-studies 2000   # resident memory of one long run_score call
+    python benchmarks/bench_score.py --engine spark          # Spark local[2] against local scoring, same folder
+    python benchmarks/bench_score.py --engine spark --memory-studies 2000   # Spark executor memory over 2,000
 
 Nothing is downloaded. A synthetic cohort is written once into ``--cache`` (a folder per kind, size, seed,
 image size and difficulty; reused while its ``cohort.json`` says the same) and a model package folder holding
@@ -322,6 +324,69 @@ def peak_rss(interval: float = 0.02) -> Iterator[dict[str, int]]:
         thread.join()
 
 
+@contextlib.contextmanager
+def spark_rss(interval: float = 0.25) -> Iterator[list[tuple[float, int, int, int]]]:
+    """Poll the Spark processes under this one: (seconds, sum and max RSS of the Python workers, JVM RSS)."""
+    process, samples, stop = psutil.Process(), [], threading.Event()
+    start = time.perf_counter()
+
+    def poll() -> None:
+        while not stop.is_set():
+            workers, jvm = [], 0
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    line = " ".join(child.cmdline())
+                    if "pyspark.daemon" in line or "pyspark.worker" in line:
+                        workers.append(child.memory_info().rss)
+                    elif "java" in child.name():
+                        jvm += child.memory_info().rss
+            samples.append((time.perf_counter() - start, sum(workers), max(workers, default=0), jvm))
+            stop.wait(interval)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def bench_spark_memory(args: argparse.Namespace, config_path: Path, work: Path) -> None:
+    """``--memory-studies N --engine spark``: executor (Python worker) and JVM memory over one long run, sampled
+    every 0.25 s; the workers import torch and load the model in the first part, so flatness is read off the
+    last third."""
+    data = cohort(args.cache, "xray", args.memory_studies, args.seed, args.memory_image_size, args.difficulty)
+    package = write_package(work / "model", bench_config(config_path, "xray", data, args.set))
+    mb = 1 / 2**20
+
+    driver_before = psutil.Process().memory_info().rss
+    with spark_rss() as samples:
+        options = ScoreOptions(inputs=[data / "dicom"], model=str(package), out=work / "out", overwrite=True,
+                               batch_size=args.batch_size, engine="spark", spark_master=args.spark_master)
+        start = time.perf_counter()
+        result = run_score(options)
+        wall = time.perf_counter() - start
+    driver_after = psutil.Process().memory_info().rss
+    summary = result.summary
+    print(f"\n## spark memory: {summary['counts']['studies_scored']} X-ray studies ({args.memory_image_size}px files, "
+          f"{config_path.name}), Spark {args.spark_master}, one run_score: {wall:.1f}s, "
+          f"{summary['studies_per_sec']:.1f} studies/s, failures {summary['counts']['failures']}")
+    busy = [x for x in samples if x[1] > 0]
+    if not busy:
+        print("no Python worker was seen: no memory figures")
+        return
+    t_end = busy[-1][0]
+    print("time into the run   workers RSS (sum, largest)   JVM RSS")
+    for frac in [i / 10 for i in range(1, 11)]:
+        t, total, largest, jvm = min(busy, key=lambda x: abs(x[0] - frac * t_end))
+        print(f"{t:6.1f}s ({frac:4.0%})      {total * mb:8.1f} MiB, {largest * mb:7.1f} MiB   {jvm * mb:8.1f} MiB")
+    tail = [x[2] for x in busy if x[0] >= 2 / 3 * t_end]  # the worker is warm (torch, model) by then
+    print(f"largest worker over the last third of the run: {min(tail) * mb:.1f}-{max(tail) * mb:.1f} MiB "
+          f"({max(tail) / min(tail):.2f}x; target flat); driver RSS {driver_before * mb:.1f} -> "
+          f"{driver_after * mb:.1f} MiB")
+
+
 def bench_memory(args: argparse.Namespace, config_path: Path, device: torch.device, work: Path) -> None:
     data = cohort(args.cache, "xray", args.memory_studies, args.seed, args.memory_image_size, args.difficulty)
     config = bench_config(config_path, "xray", data, args.set)
@@ -397,7 +462,9 @@ def main() -> None:
     device = runtime.resolve_device(args.device, runtime.Dist())
     print(f"# bench_score: {machine(device)}")
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
-        if args.memory_studies is not None:
+        if args.memory_studies is not None and args.engine == "spark":
+            bench_spark_memory(args, config_path, Path(tmp))
+        elif args.memory_studies is not None:
             bench_memory(args, config_path, device, Path(tmp))
         elif args.engine == "spark":
             bench_engines(args, config_path, device, Path(tmp))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,17 @@ _MODELS: dict[tuple[str, str | None], Any] = {}  # per executor process: the loa
 
 @dataclass
 class SparkScored:
-    """What the executors returned, gathered on the driver."""
+    """What the executors returned, counted on the driver (the studies themselves went to ``on_study``)."""
 
     n_files: int
     rejected: list[Rejected] = field(default_factory=list)
-    studies: list[dict[str, Any]] = field(default_factory=list)  # {"series_rows", "row", "errors"} per study
     carried_files: set[str] = field(default_factory=set)  # files of studies skipped as already scored
     skipped_studies: set[str] = field(default_factory=set)
+    studies: int = 0
+    scored_studies: int = 0
     found_series: int = 0
+    scored_series: int = 0
+    failed_series: int = 0
 
 
 def spark_session(master: str) -> Any:
@@ -106,43 +109,61 @@ class _ListSink:
 
 def study_pass(model: str, tracking: str | None, done: frozenset[str], batch_size: int, threads: int,
                aggregate: str | None) -> Any:
-    """Executor, pass 2 (a ``mapInPandas`` function): scan, group and score the studies of a partition."""
+    """Executor, pass 2 (a ``mapInPandas`` function): scan, group and score the studies of a partition.
+
+    Studies go through the predictor ``STUDIES_PER_CHUNK`` at a time, so its batches mix studies as local
+    scoring's do (one study at a time meant one-series batches), and rows leave a chunk at a time."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
-
-        from pipelines.data.scan_settings import scan_limits, selection_rules
-        from pipelines.dicom.scan import scan
-        from pipelines.scoring.collector import StudyCollector
-        from pipelines.scoring.predictor import Predictor, series_item
 
         torch.set_num_threads(threads)
         frame = pd.concat(list(batches), ignore_index=True)
         if frame.empty:
             return
         loaded = _loaded(model, tracking)
-        predictor = Predictor.from_package(loaded, aggregate=aggregate, batch_size=batch_size, workers=0)
-        rows: list[tuple[str, str, str]] = []
-        for study, files in frame.groupby("study", sort=True)["path"]:
-            if study in done:
-                rows.append(("carried", study, json.dumps(sorted(files))))
-                continue
-            scanned = scan(sorted(files), selection_rules(loaded.config), limits=scan_limits(loaded.config))
-            rows += [("rejected", study, json.dumps(r.as_row())) for r in scanned.rejected]
-            sink = _ListSink()
-            collector = StudyCollector(scanned.series, loaded, predictor, sink, None)
-            predictor.stream([series_item(s) for s in scanned.series],
-                             lambda i, s, _p, _h, c=collector: c.add_score(i, s, None, None),
-                             lambda i, reason, message, c=collector: c.add_error(i, reason, message))
-            rows += [("study", study, json.dumps(result, default=str)) for result in sink.studies]
-        yield pd.DataFrame(rows, columns=["kind", "study", "payload"])
+        studies = list(frame.groupby("study", sort=True)["path"])
+        carried = [("carried", study, json.dumps(sorted(files))) for study, files in studies if study in done]
+        if carried:
+            yield pd.DataFrame(carried, columns=["kind", "study", "payload"])
+        todo = [(study, files) for study, files in studies if study not in done]
+        for start in range(0, len(todo), STUDIES_PER_CHUNK):
+            chunk = todo[start:start + STUDIES_PER_CHUNK]
+            yield pd.DataFrame(_score_chunk(loaded, [f for _, files in chunk for f in sorted(files)], batch_size,
+                                            aggregate), columns=["kind", "study", "payload"])
 
     return run
 
 
+STUDIES_PER_CHUNK = 64
+FILES_PER_PARTITION = 1024
+
+
+def _score_chunk(loaded: Any, files: list[str], batch_size: int, aggregate: str | None) -> list[tuple[str, str, str]]:
+    """Scan and score the files of whole studies; (kind, study, payload) rows."""
+    from pipelines.data.scan_settings import scan_limits, selection_rules
+    from pipelines.dicom.scan import scan
+    from pipelines.scoring.collector import StudyCollector
+    from pipelines.scoring.predictor import Predictor, series_item
+
+    scanned = scan(files, selection_rules(loaded.config), limits=scan_limits(loaded.config))
+    rows = [("rejected", "", json.dumps(r.as_row())) for r in scanned.rejected]
+    predictor = Predictor.from_package(loaded, aggregate=aggregate, batch_size=batch_size, workers=0)
+    sink = _ListSink()
+    collector = StudyCollector(scanned.series, loaded, predictor, sink, None)
+    predictor.stream([series_item(s) for s in scanned.series],
+                     lambda i, score, _p, _h: collector.add_score(i, score, None, None),
+                     lambda i, reason, message: collector.add_error(i, reason, message))
+    return rows + [("study", "", json.dumps(result, default=str)) for result in sink.studies]
+
+
 def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, done: set[str], master: str,
-                   batch_size: int, limits: Any, aggregate: str | None) -> SparkScored:
-    """List the files here, scan and score them on Spark; every study's rows come back to the driver."""
+                   batch_size: int, limits: Any, aggregate: str | None,
+                   on_study: Callable[[dict[str, Any]], None]) -> SparkScored:
+    """List the files here, scan and score them on Spark; each study's rows (``{"series_rows", "row",
+    "errors"}``) go to ``on_study`` as they arrive, so the driver holds no more than a partition's results.
+
+    Pass 2 has at least one partition per ``FILES_PER_PARTITION`` files: tasks stay short and results stream."""
     from pipelines.dicom.scan import list_files
 
     found, unlisted = list_files([str(p) for p in inputs])
@@ -152,10 +173,11 @@ def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, don
         return result
     spark = spark_session(master)
     parallelism = spark.sparkContext.defaultParallelism
+    partitions = max(parallelism, -(-len(paths) // FILES_PER_PARTITION))
     files = spark.createDataFrame(pd.DataFrame({"path": paths})).repartition(parallelism)
     headers = files.mapInPandas(header_pass(vars(limits)), "path string, study string, rejected string").cache()
     threads = max(1, (os.cpu_count() or 1) // max(1, parallelism))
-    scored = (headers.filter("study != ''").select("path", "study").repartition(parallelism, "study")
+    scored = (headers.filter("study != ''").select("path", "study").repartition(partitions, "study")
               .mapInPandas(study_pass(model, tracking, frozenset(done), batch_size, threads, aggregate), ROW_SCHEMA))
     unreadable = headers.filter("rejected != ''").selectExpr("'rejected' AS kind", "'' AS study", "rejected AS payload")
     for row in unreadable.unionByName(scored).toLocalIterator(prefetchPartitions=True):  # one job, streamed
@@ -166,7 +188,11 @@ def score_on_spark(inputs: Sequence[Path], model: str, tracking: str | None, don
             result.carried_files.update(payload)
             result.skipped_studies.add(row["study"])
         else:
-            result.studies.append(payload)
-            result.found_series += len(payload["series_rows"]) + len(payload["errors"])
+            on_study(payload)
+            result.studies += 1
+            result.scored_studies += payload["row"] is not None
+            result.scored_series += len(payload["series_rows"])
+            result.failed_series += len(payload["errors"])
+    result.found_series = result.scored_series + result.failed_series
     headers.unpersist()
     return result

@@ -185,15 +185,11 @@ def _score_on_spark(options: ScoreOptions, loaded: LoadedModel, outputs: ScoreOu
     from pipelines.scoring.spark_engine import score_on_spark
 
     got = score_on_spark(options.inputs, options.model, options.tracking_uri, done, options.spark_master,
-                         options.batch_size, scan_limits(loaded.config), options.aggregate)
-    scored = series = failed = 0
-    for study in got.studies:
-        outputs.add_study(study["series_rows"], study["row"], study["errors"])
-        scored += study["row"] is not None
-        series, failed = series + len(study["series_rows"]), failed + len(study["errors"])
+                         options.batch_size, scan_limits(loaded.config), options.aggregate,
+                         lambda study: outputs.add_study(study["series_rows"], study["row"], study["errors"]))
     return Counted(options.aggregate or loaded.meta.get("aggregate", "max"), got.n_files, got.rejected,
-                   got.carried_files, len(got.studies) + len(got.skipped_studies), got.found_series,
-                   len(got.skipped_studies), scored, series, failed)
+                   got.carried_files, got.studies + len(got.skipped_studies), got.found_series,
+                   len(got.skipped_studies), got.scored_studies, got.scored_series, got.failed_series)
 
 
 def run_score(options: ScoreOptions) -> ScoreResult:
