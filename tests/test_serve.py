@@ -71,7 +71,11 @@ def test_served_model_keeps_row_order_reads_only_allowed_roots_and_scores_bytes(
     outside.mkdir()
     one_file = next(Path(folders[0]).rglob("*.dcm"))
     (outside / "copy.dcm").write_bytes(one_file.read_bytes())
-    with models_serve(model_folder, str(xray_cohort / "dicom"), tmp_path / "serve.log") as url:
+    inbox = tmp_path / "inbox"  # an allowed root holding a study folder whose file links outside every root
+    (inbox / "linked").mkdir(parents=True)
+    (inbox / "linked" / "image.dcm").symlink_to(outside / "copy.dcm")
+    roots = os.pathsep.join([str(xray_cohort / "dicom"), str(inbox)])
+    with models_serve(model_folder, roots, tmp_path / "serve.log") as url:
         got = invoke(url, ["path"], [[folders[2]], [folders[0]], [folders[1]]])
         assert [set(r) for r in got] == [{name for name, _ in OUTPUT_COLUMNS}] * 3
         again = invoke(url, ["path"], [[folders[1]], [folders[2]], [folders[0]]])
@@ -80,9 +84,12 @@ def test_served_model_keeps_row_order_reads_only_allowed_roots_and_scores_bytes(
         assert len({r["StudyInstanceUID"] for r in got}) == 3 and all(r["status"] == "ok" for r in got)
         data = base64.b64encode(one_file.read_bytes()).decode()
         mixed = invoke(url, ["path", "dicom"], [[folders[0], ""], [str(outside / "copy.dcm"), ""],
-                                                [str(xray_cohort / "dicom" / "nope"), ""], ["", data]])
-    assert [r["status"] for r in mixed] == ["ok", "path_not_allowed", "not_found", "ok"]
+                                                [str(xray_cohort / "dicom" / "nope"), ""], ["", data],
+                                                [str(inbox / "linked"), ""], [str(inbox / "linked" / "image.dcm"), ""]])
+    assert [r["status"] for r in mixed] == ["ok", "path_not_allowed", "not_found", "ok", "path_not_allowed",
+                                            "path_not_allowed"]
     assert "MEDVIT_SERVE_ROOTS" in mixed[1]["message"] and mixed[1]["n_series"] == 0
+    assert "symbolic links" in mixed[4]["message"] and mixed[4]["StudyInstanceUID"] == ""
     assert mixed[3]["StudyInstanceUID"] == mixed[0]["StudyInstanceUID"] == got[1]["StudyInstanceUID"]
     assert abs(mixed[3]["score"] - mixed[0]["score"]) < 1e-6
 

@@ -10,7 +10,8 @@ exception.
 
 Paths under ``mlflow models serve`` are read only below the roots in ``MEDVIT_SERVE_ROOTS`` (os.pathsep
 separated; default: none, so a served model takes bytes only). When the variable is set it applies
-everywhere; when it is not, the Python API and ``spark_udf`` read any path the caller names.
+everywhere; when it is not, the Python API and ``spark_udf`` read any path the caller names. Symbolic links
+are followed to their targets before the check, for a named file and for every file of a named folder.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.dicom.reasons import is_failure
-from pipelines.dicom.scan import SelectionRules, Series, scan
+from pipelines.dicom.scan import SelectionRules, Series, list_files, scan
 from pipelines.scoring.predictor import Predictor, Scored, series_item
 
 ROOTS_ENV = "MEDVIT_SERVE_ROOTS"
@@ -60,16 +61,37 @@ def allowed_roots() -> list[Path] | None:
     return [Path(p).resolve() for p in named.split(os.pathsep) if p]
 
 
+def _outside(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()  # symlinks resolved: a link cannot lead out of a root
+    return not any(resolved.is_relative_to(root) for root in roots)
+
+
+def _not_allowed(what: str, roots: list[Path]) -> tuple[str, str]:
+    where = ", ".join(map(str, roots)) if roots else "none"
+    return PATH_NOT_ALLOWED, (f"{what} outside the roots this server may read ({ROOTS_ENV}: {where}): send the "
+                              "file's bytes in the dicom column, or add its folder to " + ROOTS_ENV)
+
+
 def path_problem(path: str, roots: list[Path] | None) -> tuple[str, str] | None:
     """(reason, message) when ``path`` may not be read or does not exist, else None."""
-    resolved = Path(path).resolve()  # symlinks resolved: a link cannot lead out of a root
-    if roots is not None and not any(resolved.is_relative_to(root) for root in roots):
-        where = ", ".join(map(str, roots)) if roots else "none"
-        return PATH_NOT_ALLOWED, (f"path is outside the roots this server may read ({ROOTS_ENV}: {where}): send "
-                                  "the file's bytes in the dicom column, or add its folder to " + ROOTS_ENV)
-    if not resolved.exists():
+    if roots is not None and _outside(Path(path), roots):
+        return _not_allowed("path is", roots)
+    if not Path(path).resolve().exists():
         return NOT_FOUND, "path does not exist on the scoring machine: check it, or send the bytes in dicom"
     return None
+
+
+def request_files(path: str, roots: list[Path] | None) -> tuple[list[str], tuple[str, str] | None]:
+    """The files a path request reads, or its error: under roots, a folder whose files (a symlink among them)
+    lead outside every root is refused as a whole."""
+    problem = path_problem(path, roots)
+    if problem is not None or roots is None:
+        return [path], problem
+    found, _ = list_files([path])
+    leaving = [f for f in found if _outside(f, roots)]
+    if leaving:
+        return [], _not_allowed(f"{len(leaving)} file(s) of this folder lead (through symbolic links)", roots)
+    return [str(f) for f in found] or [path], None
 
 
 @dataclass
@@ -93,9 +115,9 @@ def _cell(frame: pd.DataFrame, column: str, i: int) -> Any:
     return value if len(value) else None
 
 
-def _series_of(source: str, rules: SelectionRules, limits: Any) -> tuple[list[Series], _Row]:
+def _series_of(sources: Sequence[str], rules: SelectionRules, limits: Any) -> tuple[list[Series], _Row]:
     """The scorable series of one request's files, and the row so far (its error when there are none)."""
-    scanned = scan([source], rules, limits=limits)
+    scanned = scan(list(sources), rules, limits=limits)
     failures = [r for r in scanned.rejected if is_failure(r.reason_code)]
     first = (failures or list(scanned.rejected) or [None])[0]
     studies = sorted({s.study_uid for s in scanned.series})
@@ -123,16 +145,16 @@ def score_requests(predictor: Predictor, rules: SelectionRules, limits: Any, req
             if data is not None:
                 source = Path(tmp, f"request_{i}.dcm")
                 source.write_bytes(bytes(data))
+                sources = [str(source)]
             elif path is not None:
-                problem = path_problem(str(path), roots)
+                sources, problem = request_files(str(path), roots)
                 if problem is not None:
                     rows.append(_Row(error=problem))
                     continue
-                source = Path(str(path))
             else:
                 rows.append(_Row(error=(NO_INPUT, "the row has neither a path nor dicom bytes: give one")))
                 continue
-            found, row = _series_of(str(source), rules, limits)
+            found, row = _series_of(sources, rules, limits)
             row.items = list(range(len(series), len(series) + len(found)))
             series += found
             rows.append(row)
