@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from pipelines.dicom import lesions, phantoms, realbase
-from pipelines.dicom.synth import write_cohort
+from pipelines.dicom.cohort_plan import plan_cohort
+from pipelines.dicom.synth import study_rngs, write_cohort
 
 
 def rngs(*seed: int) -> tuple[np.random.Generator, ...]:
@@ -120,3 +121,16 @@ def test_cohort_labels_follow_the_findings(tmp_path: Path) -> None:
 def test_a_missing_base_names_the_install_command() -> None:
     with pytest.raises(realbase.MissingBase, match="pip install no-such-data"):
         realbase.package_file("no_such_data_module", "data/x.dcm", "no-such-data")
+
+
+@pytest.mark.parametrize("kind, studies, seed", [("xray", 600, 300), ("xray", 400, 400), ("mri", 200, 100)])
+def test_which_real_subject_a_study_shows_carries_no_label(kind: str, studies: int, seed: int) -> None:
+    """Few real subjects make the base an easy feature: every base gets the cohort's share of abnormal studies
+    (with independent draws, seed 300 had 59% abnormal on one base and seed 400 39%: a shortcut that flips)."""
+    plan = plan_cohort(kind, studies, seed, base="real")
+    weights = realbase.XRAY_WEIGHTS if kind == "xray" else realbase.available_mri_bases()
+    frame = pd.DataFrame([(realbase.pick_base(study_rngs(plan, s)[0], weights), s.abnormal) for s in plan.studies],
+                         columns=["base", "abnormal"])
+    assert frame["abnormal"].sum() == studies // 2
+    for base, group in frame.groupby("base"):
+        assert abs(group["abnormal"].sum() - len(group) / 2) <= 1, base

@@ -106,6 +106,34 @@ def exact_share(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray
     return flags
 
 
+def share_within_groups(rng: np.random.Generator, groups: list[str], fraction: float) -> np.ndarray:
+    """Like ``exact_share`` over all items (exactly round(n * fraction) set), with every group's share as
+    close to ``fraction`` as whole items allow (largest remainders get the leftover flags)."""
+    names = sorted(set(groups))
+    members = {g: [i for i, name in enumerate(groups) if name == g] for g in names}
+    ideal = {g: len(members[g]) * float(np.clip(fraction, 0.0, 1.0)) for g in names}
+    counts = {g: int(np.floor(ideal[g])) for g in names}
+    leftover = int(round(len(groups) * float(np.clip(fraction, 0.0, 1.0)))) - sum(counts.values())
+    ranked = sorted(names, key=lambda g: (ideal[g] - counts[g], rng.random()), reverse=True)
+    for g in ranked[:leftover]:
+        counts[g] += 1
+    flags = np.zeros(len(groups), dtype=bool)
+    for g in names:
+        chosen = rng.permutation(members[g])[: counts[g]]
+        flags[chosen] = True
+    return flags
+
+
+def real_bases(seed: int, kind: str, patients: list[Patient], owners: list[int]) -> list[str]:
+    """The real base each study will be drawn on: the first draw of its patient's anatomy generator, as
+    ``realbase.real_xray`` and ``realbase.real_volume`` make it (anatomy follows the patient)."""
+    from pipelines.dicom import realbase
+
+    weights = realbase.XRAY_WEIGHTS if kind == "xray" else realbase.available_mri_bases()
+    return [realbase.pick_base(np.random.default_rng([seed, KIND_CODES[kind], 1, int(patients[o].patient_id[3:])]),
+                               weights) for o in owners]
+
+
 def patients_for_studies(rng: np.random.Generator, studies: int, multi_fraction: float) -> list[int]:
     """Patient index of each study; about ``multi_fraction`` of studies go to patients with 2-3 studies."""
     remaining = int(round(studies * np.clip(multi_fraction, 0.0, 1.0)))
@@ -159,6 +187,8 @@ def plan_cohort(kind: str, studies: int, seed: int, *, abnormal_fraction: float 
         days[mine] = np.sort(days[mine])
     accessions = rng.choice(9_000_000, size=studies, replace=False) + 1_000_000
     abnormal = exact_share(rng, studies, abnormal_fraction)
+    if base == "real":  # few real subjects: which one is an easy feature, so it must carry no label
+        abnormal = share_within_groups(rng, real_bases(seed, kind, patients, owners), abnormal_fraction)
     mono1 = exact_share(rng, studies, monochrome1_fraction if kind == "xray" else 0.0)
     localizer = exact_share(rng, studies, localizer_fraction if kind == "mri" else 0.0)
     shuffled = exact_share(rng, studies, 0.5 if kind == "mri" and shuffle_instance_numbers else 0.0)
