@@ -1,9 +1,11 @@
 """MLflow record of the stages: one run per stage tagged ``medvit.stage``, nested under a ``medvit run`` parent.
 
 Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory.
-Params are the flattened config with every path replaced by ``<path>`` and credentials removed from the
-tracking URI, so no site path (or a patient name hidden in a folder name) reaches the tracking server.
-Only rank 0 of a distributed job records anything.
+Runs are named ``[STAGE ]CONFIG[ MODEL] STAMP`` (a parent's stages share its stamp) and tagged with the data
+kind, model and code version. Params are the flattened config keys the stage reads (``STAGE_KEYS``; the parent:
+the whole resolved config), every path replaced by ``<path>`` and credentials removed from the tracking URI,
+so no site path (or a patient name hidden in a folder name) reaches the tracking server. Only rank 0 of a
+distributed job records anything.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def tracking_uri(config: PipelineConfig | None = None) -> str:
 
 
 def quiet_mlflow() -> None:
+    """MLflow, alembic and urllib3 log warnings only."""
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
