@@ -49,7 +49,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -298,58 +298,61 @@ def rss_at_studies(marks: dict[str, int], first: int) -> Iterator[dict[str, int]
 
 
 @contextlib.contextmanager
-def peak_rss(interval: float = 0.02) -> Iterator[dict[str, int]]:
-    """Poll this process's RSS (and its DataLoader workers') from a thread; the peaks when the block ends."""
-    process = psutil.Process()
-    peaks = {"self": 0, "with_children": 0}
+def polling(sample: Callable[[], None], interval: float) -> Iterator[None]:
+    """Call ``sample`` every ``interval`` seconds from a thread until the block ends."""
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.is_set():
-            own = process.memory_info().rss
-            children = 0
-            for child in process.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    children += child.memory_info().rss
-            peaks["self"] = max(peaks["self"], own)
-            peaks["with_children"] = max(peaks["with_children"], own + children)
+            sample()
             stop.wait(interval)
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     try:
-        yield peaks
+        yield
     finally:
         stop.set()
         thread.join()
 
 
 @contextlib.contextmanager
+def peak_rss(interval: float = 0.02) -> Iterator[dict[str, int]]:
+    """Poll this process's RSS (and its DataLoader workers') from a thread; the peaks when the block ends."""
+    process = psutil.Process()
+    peaks = {"self": 0, "with_children": 0}
+
+    def sample() -> None:
+        own = process.memory_info().rss
+        children = 0
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                children += child.memory_info().rss
+        peaks["self"] = max(peaks["self"], own)
+        peaks["with_children"] = max(peaks["with_children"], own + children)
+
+    with polling(sample, interval):
+        yield peaks
+
+
+@contextlib.contextmanager
 def spark_rss(interval: float = 0.25) -> Iterator[list[tuple[float, int, int, int]]]:
     """Poll the Spark processes under this one: (seconds, sum and max RSS of the Python workers, JVM RSS)."""
-    process, samples, stop = psutil.Process(), [], threading.Event()
-    start = time.perf_counter()
+    process, samples, start = psutil.Process(), [], time.perf_counter()
 
-    def poll() -> None:
-        while not stop.is_set():
-            workers, jvm = [], 0
-            for child in process.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    line = " ".join(child.cmdline())
-                    if "pyspark.daemon" in line or "pyspark.worker" in line:
-                        workers.append(child.memory_info().rss)
-                    elif "java" in child.name():
-                        jvm += child.memory_info().rss
-            samples.append((time.perf_counter() - start, sum(workers), max(workers, default=0), jvm))
-            stop.wait(interval)
+    def sample() -> None:
+        workers, jvm = [], 0
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                line = " ".join(child.cmdline())
+                if "pyspark.daemon" in line or "pyspark.worker" in line:
+                    workers.append(child.memory_info().rss)
+                elif "java" in child.name():
+                    jvm += child.memory_info().rss
+        samples.append((time.perf_counter() - start, sum(workers), max(workers, default=0), jvm))
 
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
+    with polling(sample, interval):
         yield samples
-    finally:
-        stop.set()
-        thread.join()
 
 
 def bench_spark_memory(args: argparse.Namespace, config_path: Path, work: Path) -> None:
