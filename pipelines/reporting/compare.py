@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pipelines.reporting.console import summary_table
-from pipelines.reporting.review import TEST_HEADLINE, duration
+from pipelines.reporting.review import TEST_HEADLINE, auroc_ci, duration, number
 
 BAR_METRICS = ("auroc", "auprc", "sensitivity", "specificity")
 LABELS = {"auprc": "AUPRC"}
@@ -76,11 +76,7 @@ def _version(ref: str, client: Any) -> Reviewed:
 
 
 def _fmt(value: float, digits: int = 3) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _ci(item: Reviewed) -> str:
-    return f"{_fmt(item.metric('auroc'))} ({_fmt(item.metric('auroc_ci_low'))}-{_fmt(item.metric('auroc_ci_high'))})"
+    return number(value, digits, missing="-")
 
 
 def table_rows(items: Sequence[Reviewed]) -> list[list[str]]:
@@ -95,7 +91,7 @@ def table_rows(items: Sequence[Reviewed]) -> list[list[str]]:
                                   for it in items]),
             row("model", [it.tags.get("model.label", it.tags.get("model.arch", "-")) for it in items]),
             row("test studies", [_fmt(it.metric("n_test_studies"), 0) for it in items]),
-            row("test AUROC (95% CI)", [_ci(it) for it in items])]
+            row("test AUROC (95% CI)", [auroc_ci(it.metrics, missing="-") for it in items])]
     rows += [row(LABELS.get(name, name), [_fmt(it.metric(name)) for it in items]) for name in TEST_HEADLINE[3:]]
     rows += [row("threshold", [_fmt(it.metric("threshold"), 4) for it in items]),
              row("best val AUROC", [_fmt(it.metric("best_val_auroc")) for it in items]),

@@ -10,11 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipelines.config import PipelineConfig
-from pipelines.reporting.review import duration, train_minutes
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.3f}"
+from pipelines.reporting.review import auroc_ci, duration, number, train_minutes
 
 
 def model_card(config: PipelineConfig, report: Mapping[str, Any], train_summary: Mapping[str, Any], version: str,
@@ -51,17 +47,17 @@ def _model_table(config: PipelineConfig, size: str, summary: Mapping[str, Any]) 
     rows = [("architecture", architecture(config)), ("input", f"{size} px, one logit (probability of abnormal)")]
     if summary:
         rows += [("best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}"),
-                 ("validation AUROC at the best epoch", _fmt(summary.get("best_val_auroc"))),
+                 ("validation AUROC at the best epoch", number(summary.get("best_val_auroc"))),
                  ("training time", duration(train_minutes(summary.get("history", []))))]
     return _table(("property", "value"), rows)
 
 
 def _metrics_table(m: Mapping[str, Any]) -> str:
     return _table(("metric", "value"), [
-        ("AUROC (95% bootstrap CI)", f"{_fmt(m['auroc'])} ({_fmt(m['auroc_ci_low'])}-{_fmt(m['auroc_ci_high'])})"),
-        ("AUPRC", _fmt(m["auprc"])), ("sensitivity", _fmt(m["sensitivity"])),
-        ("specificity", _fmt(m["specificity"])), ("PPV / NPV", f"{_fmt(m['ppv'])} / {_fmt(m['npv'])}"),
-        ("expected calibration error", _fmt(m["ece"]))])
+        ("AUROC (95% bootstrap CI)", auroc_ci(m)),
+        ("AUPRC", number(m["auprc"])), ("sensitivity", number(m["sensitivity"])),
+        ("specificity", number(m["specificity"])), ("PPV / NPV", f"{number(m['ppv'])} / {number(m['npv'])}"),
+        ("expected calibration error", number(m["ece"]))])
 
 
 def _group_tables(report: Mapping[str, Any]) -> list[str]:
@@ -70,7 +66,7 @@ def _group_tables(report: Mapping[str, Any]) -> list[str]:
         rows = report.get(f"by_{column}") or []
         if len(rows) > 1:
             out += [f"### By {column}", _table((column, "studies (abnormal)", "AUROC"), [
-                (str(r.get(column)), f"{r.get('n')} ({r.get('n_pos')})", _fmt(r.get("auroc"))) for r in rows])]
+                (str(r.get(column)), f"{r.get('n')} ({r.get('n_pos')})", number(r.get("auroc"))) for r in rows])]
     return out
 
 

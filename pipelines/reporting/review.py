@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 TEST_HEADLINE = ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "sensitivity", "specificity")
-TRAIN_HEADLINE = ("best_val_auroc", "best_epoch", "train_minutes")
 GROUP_COLUMNS = ("modality", "manufacturer")
 
 
@@ -59,8 +58,15 @@ def headline_metrics(report: Mapping[str, Any], train_summary: Mapping[str, Any]
     return _finite(out) | group_metrics(report)
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def number(value: Any, digits: int = 3, missing: str = "n/a") -> str:
+    """A metric as text; ``missing`` for None or NaN (notes, the model card and `medvit compare` alike)."""
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def auroc_ci(metrics: Mapping[str, Any], missing: str = "n/a") -> str:
+    """``0.979 (0.933-1.000)``: AUROC and its bootstrap CI from a mapping with ``auroc``, ``auroc_ci_low/high``."""
+    low, high = (number(metrics.get(k), missing=missing) for k in ("auroc_ci_low", "auroc_ci_high"))
+    return f"{number(metrics.get('auroc'), missing=missing)} ({low}-{high})"
 
 
 def ingest_note(kind: str, n_files: int, manifest_counts: Mapping[str, int], n_rejected: int) -> str:
@@ -74,29 +80,28 @@ def train_note(model: str, input_size: Sequence[int], n_train_series: int, summa
     size = "x".join(str(s) for s in input_size)
     stop = ", stopped early" if summary.get("stopped_early") else ""
     return (f"train: {model} at {size} px, {n_train_series} training series, best val AUROC "
-            f"{_num(summary.get('best_val_auroc'))} at epoch {summary.get('best_epoch')} of "
+            f"{number(summary.get('best_val_auroc'))} at epoch {summary.get('best_epoch')} of "
             f"{summary.get('epochs_run')}{stop}, {duration(train_minutes(summary.get('history', [])))}")
 
 
 def evaluate_note(report: Mapping[str, Any]) -> str:
     m = report["test"]
-    return (f"evaluate: test AUROC {_num(m.get('auroc'))} (95% CI {_num(m.get('auroc_ci_low'))}-"
-            f"{_num(m.get('auroc_ci_high'))}) on {m.get('n')} studies ({m.get('n_pos')} abnormal); sensitivity "
-            f"{_num(m.get('sensitivity'))}, specificity {_num(m.get('specificity'))} at threshold "
-            f"{_num(report.get('threshold'), 4)} ({report.get('threshold_method')})")
+    return (f"evaluate: test AUROC {number(m.get('auroc'))} (95% CI {number(m.get('auroc_ci_low'))}-"
+            f"{number(m.get('auroc_ci_high'))}) on {m.get('n')} studies ({m.get('n_pos')} abnormal); sensitivity "
+            f"{number(m.get('sensitivity'))}, specificity {number(m.get('specificity'))} at threshold "
+            f"{number(report.get('threshold'), 4)} ({report.get('threshold_method')})")
 
 
 def register_note(name: str, version: str, alias: str, report: Mapping[str, Any]) -> str:
-    return (f"register: {name} version {version} (alias {alias}), test AUROC {_num(report['test'].get('auroc'))}, "
-            f"threshold {_num(report.get('threshold'), 4)}; the model card is the version's description")
+    return (f"register: {name} version {version} (alias {alias}), test AUROC {number(report['test'].get('auroc'))}, "
+            f"threshold {number(report.get('threshold'), 4)}; the model card is the version's description")
 
 
 def pipeline_note(model: str, config_name: str, report: Mapping[str, Any], summary: Mapping[str, Any],
                   registered: str) -> str:
     m = report["test"]
-    return (f"{model} on {config_name}: test AUROC {_num(m.get('auroc'))} ({_num(m.get('auroc_ci_low'))}-"
-            f"{_num(m.get('auroc_ci_high'))}), sensitivity {_num(m.get('sensitivity'))} / specificity "
-            f"{_num(m.get('specificity'))}; best val AUROC {_num(summary.get('best_val_auroc'))} at epoch "
+    return (f"{model} on {config_name}: test AUROC {auroc_ci(m)}, sensitivity {number(m.get('sensitivity'))} / specificity "
+            f"{number(m.get('specificity'))}; best val AUROC {number(summary.get('best_val_auroc'))} at epoch "
             f"{summary.get('best_epoch')} of {summary.get('epochs_run')}, "
             f"{duration(train_minutes(summary.get('history', [])))} training; registered {registered}")
 
@@ -105,7 +110,7 @@ def pretrain_note(kind: str, model: str, input_size: Sequence[int], n_series: in
                   epochs: int, final_loss: float) -> str:
     size = "x".join(str(s) for s in input_size)
     return (f"pretrain: MAE of a {model} encoder at {size} px on {n_series} unlabelled {kind} series, mask ratio "
-            f"{mask_ratio:g}, {epochs} epochs, final reconstruction loss {_num(final_loss, 4)}")
+            f"{mask_ratio:g}, {epochs} epochs, final reconstruction loss {number(final_loss, 4)}")
 
 
 def plan_note(rows: Sequence[tuple[str, str, str, str]]) -> str:

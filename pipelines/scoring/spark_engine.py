@@ -121,7 +121,10 @@ def study_pass(model: str, tracking: str | None, done: frozenset[str], batch_siz
         frame = pd.concat(list(batches), ignore_index=True)
         if frame.empty:
             return
+        from pipelines.scoring.predictor import Predictor
+
         loaded = _loaded(model, tracking)
+        predictor = Predictor.from_package(loaded, aggregate=aggregate, batch_size=batch_size, workers=0)
         studies = list(frame.groupby("study", sort=True)["path"])
         carried = [("carried", study, json.dumps(sorted(files))) for study, files in studies if study in done]
         if carried:
@@ -129,8 +132,8 @@ def study_pass(model: str, tracking: str | None, done: frozenset[str], batch_siz
         todo = [(study, files) for study, files in studies if study not in done]
         for start in range(0, len(todo), STUDIES_PER_CHUNK):
             chunk = todo[start:start + STUDIES_PER_CHUNK]
-            yield pd.DataFrame(_score_chunk(loaded, [f for _, files in chunk for f in sorted(files)], batch_size,
-                                            aggregate), columns=["kind", "study", "payload"])
+            yield pd.DataFrame(_score_chunk(loaded, predictor, [f for _, files in chunk for f in sorted(files)]),
+                               columns=["kind", "study", "payload"])
 
     return run
 
@@ -139,16 +142,15 @@ STUDIES_PER_CHUNK = 64
 FILES_PER_PARTITION = 1024
 
 
-def _score_chunk(loaded: Any, files: list[str], batch_size: int, aggregate: str | None) -> list[tuple[str, str, str]]:
+def _score_chunk(loaded: Any, predictor: Any, files: list[str]) -> list[tuple[str, str, str]]:
     """Scan and score the files of whole studies; (kind, study, payload) rows."""
     from pipelines.data.scan_settings import scan_limits, selection_rules
     from pipelines.dicom.scan import scan
     from pipelines.scoring.collector import StudyCollector
-    from pipelines.scoring.predictor import Predictor, series_item
+    from pipelines.scoring.predictor import series_item
 
     scanned = scan(files, selection_rules(loaded.config), limits=scan_limits(loaded.config))
     rows = [("rejected", "", json.dumps(r.as_row())) for r in scanned.rejected]
-    predictor = Predictor.from_package(loaded, aggregate=aggregate, batch_size=batch_size, workers=0)
     sink = _ListSink()
     collector = StudyCollector(scanned.series, loaded, predictor, sink, None)
     predictor.stream([series_item(s) for s in scanned.series],
