@@ -55,7 +55,7 @@ from sklearn.metrics import roc_auc_score
 from pipelines.config import PipelineConfig, load_config
 from pipelines.data.scan_settings import selection_rules
 from pipelines.dicom.scan import scan
-from pipelines.dicom.synth import write_cohort
+from pipelines.dicom.synth import generator_fingerprint, write_cohort
 from pipelines.layout import train_dir
 from pipelines.reporting.metrics import bootstrap_ci
 from pipelines.scoring.predictor import Predictor, series_item
@@ -76,7 +76,8 @@ FROM_MAE = ("mae", "mae_distill", "mae_distill_pool")
 def cohort(folder: Path, kind: str, studies: int, seed: int, size: int | None, difficulty: float,
            base: str = "phantom") -> Path:
     """Write (or reuse) a synthetic cohort with exactly these parameters (``size`` None: the generator's)."""
-    spec = {"kind": kind, "studies": studies, "seed": seed, "size": size, "difficulty": difficulty}
+    spec = {"kind": kind, "studies": studies, "seed": seed, "size": size, "difficulty": difficulty,
+            "generator": generator_fingerprint()}
     spec |= {"base": base} if base != "phantom" else {}
     stamp = folder / "bench_spec.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from pipelines.dicom.synth import generator_fingerprint
 from pipelines.reporting.metrics import bootstrap_ci
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,8 @@ def medvit(*args: str, log: Path) -> float:
 
 def cohort(folder: Path, kind: str, base: str, studies: int, seed: int, difficulty: float, log: Path) -> Path:
     """Write (or reuse) a cohort with exactly these parameters through `medvit synth`."""
-    spec = {"kind": kind, "base": base, "studies": studies, "seed": seed, "difficulty": difficulty}
+    spec = {"kind": kind, "base": base, "studies": studies, "seed": seed, "difficulty": difficulty,
+            "generator": generator_fingerprint()}
     stamp = folder / "bench_spec.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return folder

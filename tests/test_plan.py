@@ -35,7 +35,7 @@ OVERRIDES = {
     "model.global_pool": "token", "model.stem_norm": "group", "model.stem_depth": 2, "train.batch_size": 7, "train.lr": 0.01,
     "train.weight_decay": 0.1, "train.steps": 11, "train.warmup_steps": 2, "train.min_steps": 5,
     "train.early_stopping_patience": 3, "train.num_workers": 1, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
-    "augment.translate": 0.01, "augment.noise_std": 0.001,
+    "augment.translate": 0.01, "augment.noise_std": 0.001, "augment.flip_lr": False,
 }
 
 
@@ -110,6 +110,7 @@ def test_different_fingerprints_plan_the_expected_differences():
                      "median_spacing": [1.0, 1.0, 4.0]}, "mri").values
     assert mri["preprocess.mri.img_size"] == [64, 64, 64] and mri["preprocess.mri.spacing"] == [3.0, 3.0, 2.5]
     assert mri["model.preset"] == "vit3d_tiny" and mri["model.stem_norm"] == "group"
+    assert big["augment.flip_lr"] is True and "augment.flip_lr" not in mri  # X-ray only: brains not measured
     mri_cpu = make_plan({**BIG, "median_rows": 256, "median_cols": 256, "median_slices": 40, "accelerator": "cpu",
                          "median_spacing": [1.0, 1.0, 4.0]}, "mri").values
     assert mri_cpu["preprocess.mri.img_size"] == [48, 48, 48] and mri_cpu["preprocess.mri.spacing"] == [4.0, 4.0, 3.5]

@@ -102,9 +102,16 @@ def test_mri_findings_match_the_label_and_every_kind_occurs() -> None:
 
 
 def test_difficulty_makes_findings_smaller_and_fainter() -> None:
-    easy = [xray(s, True, difficulty=0.0).lesion_mask.sum() for s in range(12)]
-    hard = [xray(s, True, difficulty=1.0).lesion_mask.sum() for s in range(12)]
-    assert np.median(hard) < 0.5 * np.median(easy)
+    def finding(seed: int, difficulty: float) -> tuple[int, float]:
+        """Its area and its mean change of the pixels (against the same patient and exposure without it)."""
+        sick, well = xray(seed, True, difficulty=difficulty), xray(seed, False, difficulty=difficulty)
+        change = np.abs(sick.image.astype(float) - well.image.astype(float))
+        return int(sick.lesion_mask.sum()), float(change[sick.lesion_mask].mean())
+
+    easy = np.array([finding(s, 0.0) for s in range(12)])
+    hard = np.array([finding(s, 1.0) for s in range(12)])
+    assert np.median(hard[:, 0]) < 0.6 * np.median(easy[:, 0])  # smaller
+    assert np.median(hard[:, 1]) < 0.7 * np.median(easy[:, 1])  # fainter
 
 
 def test_cohort_labels_follow_the_findings(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -87,6 +88,21 @@ def test_same_arguments_give_byte_identical_files(tmp_path: Path, args: dict) ->
     assert first == second and len(first) > 3
     for rel in first:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_cohort_records_the_fingerprint_of_the_generator_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Benchmarks reuse a written cohort only while the code that drew it is unchanged."""
+    write_cohort(tmp_path / "c", **XRAY_ARGS)
+    recorded = json.loads((tmp_path / "c" / synth.MARKER).read_text())["fingerprint"]
+    assert recorded == synth.generator_fingerprint() and len(recorded) == 12
+    edited = tmp_path / "src"
+    edited.mkdir()
+    for name in synth.GENERATOR_SOURCES:
+        (edited / name).write_bytes((Path(synth.__file__).parent / name).read_bytes())
+    (edited / "lesions.py").write_text((edited / "lesions.py").read_text() + "\n# tuned\n")
+    monkeypatch.setattr(synth, "__file__", str(edited / "synth.py"))
+    assert synth.generator_fingerprint() != recorded
 
 
 def test_another_seed_gives_other_uids_and_pixels(tmp_path: Path, xray: tuple) -> None:

@@ -16,6 +16,7 @@ hashed from the arguments, dates are fixed. Anatomy and lesions come from :mod:`
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ __all__ = ["CohortSummary", "write_cohort"]
 SOP_CLASSES = {"CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation,
                "MR": MRImageStorage}
 MARKER = "cohort.json"
+# The modules whose code decides a cohort's bytes (with the arguments): see ``generator_fingerprint``.
+GENERATOR_SOURCES = ("synth.py", "cohort_plan.py", "phantoms.py", "realbase.py", "lesions.py")
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,14 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         writer.writerows(rows)
 
 
+def generator_fingerprint() -> str:
+    """A short hash of the generator's code: same arguments and fingerprint, same cohort (a cache key)."""
+    digest = hashlib.sha256()
+    for name in GENERATOR_SOURCES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: int = 0, *,
                  abnormal_fraction: float = 0.5, difficulty: float = 0.5,
                  image_size: int | None = None, slices: int | None = None,
@@ -332,7 +343,7 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
               "series": n_series, "files": n_files, "abnormal": sum(s.abnormal for s in plan.studies)}
     summary = CohortSummary(kind=kind, **counts, dicom_root=root, labels_csv=labels,
                             identities_csv=identities)
-    record = {"generator": "medvit synth", "kind": kind, "base": base, "seed": seed, "difficulty": difficulty,
+    record = {"generator": "medvit synth", "fingerprint": generator_fingerprint(), "kind": kind, "base": base, "seed": seed, "difficulty": difficulty,
               "abnormal_fraction": abnormal_fraction, "image_size": plan.image_size, "slices": plan.slices,
               "counts": counts}
     (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
