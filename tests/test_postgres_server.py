@@ -179,13 +179,12 @@ def test_postgres_data_starts_a_local_cluster_and_ctrl_c_stops_everything():
         args = ("--postgres-data", str(root / "pg"), *(("--postgres-user", user) if user else ()))
         with medvit_server(root, *args) as srv:
             ready = f"MLflow server on {srv.url}"
-            deadline = time.monotonic() + 120  # a loaded 2-core machine migrates the schema slowly
+            deadline = time.monotonic() + 60
             while ready not in (root / "server.out").read_text() and time.monotonic() < deadline:
                 time.sleep(0.1)  # /health answers a moment before medvit sees it and says it is ready
             assert ready in (root / "server.out").read_text(), "not ready: Ctrl-C would land mid-start"
             os.killpg(srv.proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
-            # alone it stops in seconds; late in a full suite on a loaded 2-core machine it has taken over 60 s
-            assert srv.proc.wait(180) == 0, srv.stderr()
+            assert srv.proc.wait(60) == 0, srv.stderr()
         out = (root / "server.out").read_text()
         assert out.startswith(f"PostgreSQL {root / 'pg'} on 127.0.0.1:"), out
         assert ready in out and out.rstrip().endswith("medvit server: stopped"), out

@@ -378,7 +378,10 @@ def medvit_server(root: Path, *args: str, startup_timeout: float = 150.0) -> Ite
     env |= {"PATH": os.defpath, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "OMP_NUM_THREADS": "1"}
     command = medvit_cli("server", *args, "--port", str(port), "--", "--workers", "1")
     with open(root / "server.out", "wb") as out, open(root / "server.err", "wb") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=root, env=env, start_new_session=True)
+        # A suite started in the background (`make test &`) inherits SIGINT ignored, and so would the server:
+        # give it the terminal's default, so the Ctrl-C test tests the server and not how pytest was started.
+        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=root, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     server = Server(f"http://127.0.0.1:{port}", root, proc, root / "server.err")
     try:
         try:
