@@ -343,8 +343,8 @@ def write_cohort(out: Path, kind: Literal["xray", "mri"], studies: int, seed: in
               "series": n_series, "files": n_files, "abnormal": sum(s.abnormal for s in plan.studies)}
     summary = CohortSummary(kind=kind, **counts, dicom_root=root, labels_csv=labels,
                             identities_csv=identities)
-    record = {"generator": "medvit synth", "fingerprint": generator_fingerprint(), "kind": kind, "base": base, "seed": seed, "difficulty": difficulty,
-              "abnormal_fraction": abnormal_fraction, "image_size": plan.image_size, "slices": plan.slices,
-              "counts": counts}
+    record = {"generator": "medvit synth", "fingerprint": generator_fingerprint(), "kind": kind, "base": base,
+              "seed": seed, "difficulty": difficulty, "abnormal_fraction": abnormal_fraction,
+              "image_size": plan.image_size, "slices": plan.slices, "counts": counts}
     (out / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
