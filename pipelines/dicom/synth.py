@@ -285,11 +285,12 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         writer.writerows(rows)
 
 
-def generator_fingerprint() -> str:
-    """A short hash of the generator's code: same arguments and fingerprint, same cohort (a cache key)."""
+def generator_fingerprint(sources: Path | None = None) -> str:
+    """A short hash of the generator's code (in ``sources``, default this package): same arguments and
+    fingerprint, same cohort (a cache key)."""
     digest = hashlib.sha256()
     for name in GENERATOR_SOURCES:
-        digest.update((Path(__file__).parent / name).read_bytes())
+        digest.update(((sources or Path(__file__).parent) / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
