@@ -18,8 +18,8 @@ Truncation (pydicom path): pydicom's top-level reader silently stops at a short 
 ``reading_validation_mode`` is RAISE) when a sequence or encapsulated value runs off the end. Changing that
 setting or catching warnings is process-global and not thread-safe, so instead the file object handed to
 pydicom records every read that comes back short and every seek past the end of the file. After the header
-read stops before the pixel data, the pixel data element's declared length (or, for encapsulated data, its
-fragment items) is checked against the file size without reading the pixels.
+read stops before the pixel data, ``pixel_data.check_pixel_data`` checks the pixel data element's declared length
+(or, for encapsulated data, its fragment items) against the file size without reading the pixels.
 
 ``header_worker.HeaderWorker`` runs ``read_header`` in a separate worker process (for ``scan``'s parallel mode).
 
@@ -56,9 +56,14 @@ from pipelines.dicom.limits import (
     pixel_bytes,
     pixel_bytes_problem,
 )
+from pipelines.dicom.pixel_data import (
+    LONG_LENGTH_VRS,
+    UNDEFINED_LENGTH,
+    check_pixel_data,
+    deflated_has_pixel_data,
+)
 from pipelines.dicom.rawheader import CHUNK, DEFER_SIZE, MEDIA_STORAGE_DIRECTORY, PlainHeader, read_plain
 from pipelines.dicom.reasons import (
-    DECODE_ERROR,
     NOT_A_FILE,
     NOT_DICOM,
     TOO_LARGE,
@@ -69,10 +74,6 @@ from pipelines.dicom.reasons import (
 )
 from pipelines.dicom.rules import transfer_syntax_of
 
-PIXEL_DATA = 0x7FE00010
-ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-UNDEFINED_LENGTH = 0xFFFFFFFF
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
@@ -232,7 +233,8 @@ def _read_open_file(name: str, fh: BinaryIO, size: int, limits: Limits = DEFAULT
     has_preamble = head[128:132] == b"DICM"
     plain = read_plain(fh, size, head) if has_preamble else None
     if plain is not None:  # the fast path: the same result as below, without pydicom (see rawheader)
-        problem, has_pixels = _check_pixel_data(fh, plain.stop, size, plain, limits)
+        problem, has_pixels = check_pixel_data(fh, plain.stop, size, plain.original_encoding,
+                                               _native_pixel_bytes(plain), limits)
         if problem is None:
             problem = _element_length_problem(plain.longest, limits)
         if problem is not None:
@@ -259,9 +261,10 @@ def _read_open_file(name: str, fh: BinaryIO, size: int, limits: Limits = DEFAULT
         return Rejected(name, TRUNCATED, "file ends inside its header (truncated copy?): copy or export it again")
     transfer_syntax = str(transfer_syntax_of(ds))
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        has_pixels = _deflated_has_pixel_data(fh)
+        has_pixels = deflated_has_pixel_data(fh)
     else:
-        problem, has_pixels = _check_pixel_data(fh, watch.tell(), size, ds, limits)
+        problem, has_pixels = check_pixel_data(fh, watch.tell(), size, ds.original_encoding,
+                                               _native_pixel_bytes(ds), limits)
         if problem is None:
             problem = _element_length_problem(_longest_element(ds), limits)
         if problem is not None:
@@ -301,7 +304,7 @@ def _meta_end_and_syntax(fh: BinaryIO, size: int) -> tuple[int, str]:
         group, element = struct.unpack("<HH", raw[:4])
         if group != 2:
             break
-        if raw[4:6] in _LONG_LENGTH_VRS:
+        if raw[4:6] in LONG_LENGTH_VRS:
             (length,), start = struct.unpack("<L", raw[8:12]), position + 12
         else:
             (length,), start = struct.unpack("<H", raw[6:8]), position + 8
@@ -373,91 +376,6 @@ def _is_directory(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
     return MEDIA_STORAGE_DIRECTORY in (media_class, _text(ds, "SOPClassUID")) or "DirectoryRecordSequence" in ds
-
-
-def _deflated_has_pixel_data(fh: BinaryIO) -> bool:
-    """Deflated files are inflated in memory, so pixel data presence is found with a deferred full read."""
-    fh.seek(0)
-    return "PixelData" in dcmread(fh, defer_size=256)
-
-
-def _check_pixel_data(fh: BinaryIO, offset: int, size: int, ds: Dataset | PlainHeader,
-                      limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[str, str] | None, bool]:
-    """Check the pixel data element that the header read stopped at; return (problem, has_pixel_data)."""
-    implicit, little = ds.original_encoding
-    endian = "<" if little else ">"
-    fh.seek(offset)
-    raw = fh.read(12)
-    if len(raw) < 8:
-        return None, False
-    group, element = struct.unpack(f"{endian}HH", raw[:4])
-    tag = group << 16 | element
-    if tag != PIXEL_DATA:  # no pixel data, or only float/double float pixel data
-        return None, False
-    explicit_vr = not implicit and b"AA" <= raw[4:6] <= b"ZZ"  # some writers switch to implicit VR here
-    header_length = 12 if explicit_vr else 8
-    if len(raw) < header_length:
-        return (TRUNCATED, "file ends inside the pixel data header (truncated copy?): copy it again"), True
-    (length,) = struct.unpack(f"{endian}L", raw[8:12] if explicit_vr else raw[4:8])
-    value_start = offset + header_length
-    if length == UNDEFINED_LENGTH:
-        problem, end = _check_fragments(fh, value_start, size, endian)
-        too_large = element_problem(end - value_start, limits, "the compressed pixel data")
-        if problem is None and too_large is not None:
-            return (TOO_LARGE, too_large), True
-        return problem or _check_trailing(fh, end, size, implicit, endian), True
-    if value_start + length > size:
-        message = f"pixel data declares {length} bytes but the file ends {value_start + length - size} bytes early"
-        return (TRUNCATED, f"{message} (truncated copy?): copy it again"), True
-    too_large = element_problem(length, limits, "the pixel data")
-    if too_large is not None:
-        return (TOO_LARGE, too_large), True
-    expected = _native_pixel_bytes(ds)
-    if expected and length < expected:
-        message = f"pixel data has {length} bytes but the header (rows, columns, frames, bits) needs {expected}"
-        return (DECODE_ERROR, f"{message}: the file is corrupt; export it again"), True
-    return _check_trailing(fh, value_start + length, size, implicit, endian), True
-
-
-def _check_fragments(fh: BinaryIO, position: int, size: int, endian: str) -> tuple[tuple[str, str] | None, int]:
-    """Walk the items of encapsulated pixel data up to the sequence delimiter without reading fragments;
-    return (problem, offset just past the delimiter)."""
-    while True:
-        fh.seek(position)
-        raw = fh.read(8)
-        if len(raw) < 8:
-            return (TRUNCATED, "file ends inside the compressed pixel data (truncated copy?): copy it again"), size
-        group, element, length = struct.unpack(f"{endian}HHL", raw)
-        tag = group << 16 | element
-        if tag == SEQUENCE_DELIMITER:
-            return None, position + 8
-        if tag != ITEM or length == UNDEFINED_LENGTH:
-            return (DECODE_ERROR, "compressed pixel data is malformed (bad fragment item): the file is corrupt"), size
-        position += 8 + length
-        if position > size:
-            message = "compressed pixel data runs past the end of the file (truncated copy?): copy it again"
-            return (TRUNCATED, message), size
-
-
-def _check_trailing(fh: BinaryIO, position: int, size: int, implicit: bool, endian: str) -> tuple[str, str] | None:
-    """Check that elements after the pixel data (e.g. trailing padding) end exactly at the end of the file."""
-    while position < size:
-        fh.seek(position)
-        raw = fh.read(12)
-        long_form = not implicit and raw[4:6] in _LONG_LENGTH_VRS
-        header_length = 12 if long_form else 8
-        if len(raw) < header_length:
-            break
-        if implicit or long_form:
-            (length,) = struct.unpack(f"{endian}L", raw[header_length - 4:header_length])
-        else:
-            (length,) = struct.unpack(f"{endian}H", raw[6:8])
-        if length == UNDEFINED_LENGTH:
-            return None  # a sequence after the pixel data: rare, not walked
-        position += header_length + length
-    if position != size:
-        return TRUNCATED, "file ends inside an element after the pixel data (truncated copy?): copy it again"
-    return None
 
 
 def _native_pixel_bytes(ds: Dataset | PlainHeader) -> int:
