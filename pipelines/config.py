@@ -162,6 +162,9 @@ class TrainConfig(Section):
         0.6, ge=0, lt=1, description="EMA factor on the criterion (0 = raw): one lucky or unlucky validation "
                                      "neither resets nor spends the patience")
     min_steps: int = Field(0, ge=0, description="early stopping never stops before this many optimizer steps")
+    select: Literal["best", "last"] = Field(
+        "best", description="the model kept: best = highest validation AUROC (ties: lower loss); last = the end of "
+                            "the schedule, for validation splits too small to select on")
     num_workers: int = Field(2, ge=0)
     seed: int = 0
     deterministic: bool = False

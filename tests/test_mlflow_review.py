@@ -173,7 +173,7 @@ def test_model_card_renders_in_the_ui(reviewed):
             assert set(lines[1]) <= set("|- "), "a table has its separator row"
         else:
             assert len(lines) == 1, f"a hard-wrapped paragraph renders as broken lines: {block!r}"
-    assert "| AUROC (95% bootstrap CI) |" in card and "| best epoch |" in card
+    assert "| AUROC (95% bootstrap CI) |" in card and "| kept epoch |" in card
 
 
 def test_mlmodel_holds_no_temporary_path_and_still_loads(reviewed, tmp_path):

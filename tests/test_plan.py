@@ -20,6 +20,7 @@ from pipelines.stages.ingest import run_ingest
 from pipelines.stages.train import run_train
 from pipelines.training.checkpoint import load_state
 from pipelines.training.early_stopping import EarlyStopping
+from pipelines.training.modeling import load_model
 from pipelines.training.plan import fingerprint, make_plan
 from pipelines.training.planning import plan_rows, resolve
 
@@ -34,7 +35,7 @@ OVERRIDES = {
     "model.embed_dim": 64, "model.depth": 3, "model.num_heads": 4, "model.drop_path_rate": 0.2,
     "model.global_pool": "token", "model.stem_norm": "group", "model.stem_depth": 2, "train.batch_size": 7, "train.lr": 0.01,
     "train.weight_decay": 0.1, "train.steps": 11, "train.warmup_steps": 2, "train.min_steps": 5,
-    "train.early_stopping_patience": 3, "train.num_workers": 1, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
+    "train.early_stopping_patience": 3, "train.select": "best", "train.num_workers": 1, "augment.prob": 0.1, "augment.rotate_deg": 1.0, "augment.scale": 0.01,
     "augment.translate": 0.01, "augment.noise_std": 0.001, "augment.flip_lr": False,
 }
 
@@ -101,6 +102,7 @@ def test_different_fingerprints_plan_the_expected_differences():
     small_val = make_plan(BIG | {"n_val": 40, "val_minority": 6}, "xray")
     assert small_val.notes and "too small" in small_val.notes[0]
     assert small_val.values["train.min_steps"] == 2100 and "too small" in small_val.reasons["train.min_steps"]
+    assert small_val.values["train.select"] == "last" and big["train.select"] == "best"
 
     given = make_plan(BIG, "xray", given={"train.batch_size": 8, "train.steps": 1000, "preprocess.xray.img_size": 36})
     assert given.values["train.lr"] == 2.5e-4 and given.values["train.min_steps"] == 400
@@ -189,6 +191,21 @@ def test_early_stopping_cannot_fire_before_min_steps(xray_cohort, ingested, tmp_
     per_epoch = result.steps_run // result.epochs_run
     assert result.stopped_early and result.steps_run >= 10 > result.steps_run - per_epoch
     assert result.epochs_run == math.ceil(10 / per_epoch) < 8  # not at epoch 2, where patience 1 ran out
+
+
+def test_select_last_keeps_the_end_of_the_schedule_where_best_keeps_the_first_of_equals(xray_cohort, ingested,
+                                                                                         tmp_path):
+    """Validation never changes (lr too small to move the weights): ``best`` keeps epoch 1 (a tie is no
+    improvement), ``last`` the final epoch."""
+    kept = {}
+    for select in ("best", "last"):
+        out = fresh_out(ingested, tmp_path, select)
+        config = train_config(xray_cohort, out, epochs=3, lr=1e-12, min_lr=0.0, select=select)
+        result = run_train(config, track=False)
+        assert len({h["val_loss"] for h in result.history}) == 1, "premise: the validation criterion never changes"
+        _, _, extra = load_model(Path(result.best_path))  # the kept weights record their epoch
+        kept[select] = (result.best_epoch, extra["epoch"])
+    assert kept == {"best": (1, 1), "last": (3, 3)}
 
 
 def test_train_steps_is_the_exact_optimizer_step_budget_and_the_plan_is_logged(xray_cohort, ingested, tmp_path):

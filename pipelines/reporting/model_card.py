@@ -46,8 +46,9 @@ def model_card(config: PipelineConfig, report: Mapping[str, Any], train_summary:
 def _model_table(config: PipelineConfig, size: str, summary: Mapping[str, Any]) -> str:
     rows = [("architecture", architecture(config)), ("input", f"{size} px, one logit (probability of abnormal)")]
     if summary:
-        rows += [("best epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}"),
-                 ("validation AUROC at the best epoch", number(summary.get("best_val_auroc"))),
+        rule = "the last (train.select: last)" if summary.get("select") == "last" else "best validation AUROC"
+        rows += [("kept epoch", f"{summary.get('best_epoch')} of {summary.get('epochs_run')}: {rule}"),
+                 ("validation AUROC at the kept epoch", number(summary.get("best_val_auroc"))),
                  ("training time", duration(train_minutes(summary.get("history", []))))]
     return _table(("property", "value"), rows)
 

@@ -60,7 +60,8 @@ def _train(config: PipelineConfig, info: runtime.Dist, resume: bool, progress: b
                 run.log_artifact(planning.plan_path(config))
         result = trainer.fit(out, run, progress)
         if info.is_main:  # paths relative to output.dir: no site path goes to MLflow
-            summary = asdict(result) | {"best_path": "train/best.safetensors", "last_path": "train/last.safetensors"}
+            summary = asdict(result) | {"best_path": "train/best.safetensors", "last_path": "train/last.safetensors",
+                                        "select": config.train.select}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             run.log_metrics({"best_val_auroc": result.best_val_auroc, "best_epoch": result.best_epoch,
                              "train_minutes": train_minutes(result.history)})

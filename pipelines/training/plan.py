@@ -68,6 +68,7 @@ class Heuristics:
     min_steps_fraction: float = 0.4         # early stopping may not stop before this share of the budget
     min_steps_fraction_small_val: float = 0.7
     patience: int = 10                      # validations without a better smoothed criterion
+    select_small_val: str = "last"          # the kept model when validation cannot select (docs/benchmarks.md)
     # augmentation strength by labelled train series: fewer than N -> level; more than all -> augment_default
     augment_by_series: tuple[tuple[int, str], ...] = ((300, "strong"), (3000, "medium"))
     augment_default: str = "light"
@@ -233,6 +234,9 @@ def make_plan(fp: dict[str, Any], kind: str, given: dict[str, Any] | None = None
     put("train.min_steps", round(fraction * steps), f"{fraction:.0%} of {steps} steps" + (
         ": the validation split is too small to stop on early" if small_val else " before early stopping may stop"))
     put("train.early_stopping_patience", h.patience, "validations without a better smoothed criterion")
+    put("train.select", h.select_small_val if small_val else "best", (
+        f"keep the {h.select_small_val} model: the validation split is too small to select an epoch on"
+        if small_val else "keep the model of the best validation AUROC"))
     cores = int(fp.get("cpu_cores", 1))
     workers = 0 if cores < h.loader_workers_min_cores else min(8, cores - 1)
     put("train.num_workers", workers, f"{cores} CPU cores: " + (

@@ -280,10 +280,11 @@ class Trainer:
 
     # ---- the recipe's loop ----------------------------------------------------------------------
     def improved(self, metrics: dict[str, float]) -> bool:
-        """Whether this epoch's validation beats the best so far: a higher AUROC, or the same AUROC with a lower
-        validation loss (a small validation split often ties, e.g. at 1.0, and the first tie is rarely the best)."""
+        """Whether this epoch's model replaces the kept one: a higher validation AUROC, or the same AUROC with a
+        lower validation loss (a small validation split often ties, e.g. at 1.0, and the first tie is rarely the
+        best); always under ``train.select: last``."""
         auroc = metrics["val_auroc"]
-        if math.isnan(auroc):  # no validation data: the latest epoch is the best we know
+        if math.isnan(auroc) or self.config.train.select == "last":  # no validation data: the latest is all we know
             return True
         if auroc != self.best_auroc:
             return auroc > self.best_auroc
