@@ -6,20 +6,19 @@
 
 COHORT is a ``medvit synth --kind mri`` folder (``dicom/`` and ``labels.csv``). Both cohorts are ingested and go
 once through the pipeline's own deterministic preprocessing (``deterministic_transforms``: orientation, the plan's
-spacing and 3D grid, z-score) into memory. The training cohort's train and val studies are then learned by a plain
+spacing and 3D grid, z-score) into memory. All labelled studies of the training cohort are then learned by a plain
 loop, without a validation split: the pipeline's augmentation (``augment_transforms`` at the plan's level), AdamW,
-warmup and cosine, BCE. Every ``--every`` steps it prints one JSON line: the mean loss, AUROC on 80 training
-studies and AUROC on the fresh cohort. This is a diagnostic, not the user's path. It has no early stopping and no
-model selection, so each line is a reading on the fresh cohort: use it on tuning cohorts only. It answers one
-question: is the ViT what fails, or the task at this size? Results are in docs/benchmarks.md, "MRI (real base) at
-difficulty 0: a small 3D CNN does not learn it either".
+the pipeline's warmup-then-cosine schedule (``make_scheduler``), BCE. Every ``--every`` steps it prints one JSON
+line: the mean loss, AUROC on 80 training studies and AUROC on the fresh cohort. This is a diagnostic, not the
+user's path. It has no early stopping and no model selection, so each line is a reading on the fresh cohort: use it
+on tuning cohorts only. It answers one question: is the ViT what fails, or the task at this size? Results are in
+docs/benchmarks.md, "MRI (real base) at difficulty 0: a small 3D CNN does not learn it either".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pipelines.data.dataset import augment_transforms, build_dataset
 from pipelines.stages.ingest import run_ingest
 from pipelines.training.modeling import build_model, model_kwargs, param_groups
 from pipelines.training.planning import resolve
+from pipelines.training.schedule import make_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,8 +113,7 @@ def main() -> None:
     params = param_groups(model, train_config.train.weight_decay) if args.model == "vit" else model.parameters()
     lr = args.lr or train_config.train.lr
     optimizer = torch.optim.AdamW(params, lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    schedule = make_scheduler(optimizer, [args.steps], 0.0, train_config.train.min_lr, warmup_steps=args.warmup)
     augment = None if args.no_augment else augment_transforms(train_config)
     loss_fn = nn.BCEWithLogitsLoss()
     print(json.dumps({"model": args.model, "train_studies": len(y_train), "fresh_studies": len(y_fresh), "lr": lr,
