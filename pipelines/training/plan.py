@@ -31,7 +31,8 @@ class Heuristics:
     # X-ray input: the median shorter image side picks the resolution
     xray_large_side: int = 256              # median side >= this -> xray_img_size[1], else xray_img_size[0]
     xray_img_size: tuple[int, int] = (64, 128)
-    xray_cpu_img_size: int = 64             # without a GPU: 128 px costs ~4x per step (docs/benchmarks.md)
+    xray_cpu_img_size: int = 64             # without a GPU: 128 px (patch 16) gained nothing on real-base X-ray
+                                            # (0.876 vs 0.882, 2 seeds) for 1.4x the run time (docs/benchmarks.md)
     loader_workers_min_cores: int = 3       # on fewer cores, in-process loading of cached tensors is faster
     xray_patch: tuple[tuple[int, int], ...] = ((64, 8), (128, 16))  # (up to this img side, patch); larger: last
     # MRI input: a fixed grid; the spacing makes the median field of view fit it
@@ -183,7 +184,7 @@ def make_plan(fp: dict[str, Any], kind: str, given: dict[str, Any] | None = None
         size = h.xray_img_size[1] if side >= h.xray_large_side else h.xray_img_size[0]
         reason = f"median image side {side} px {'>=' if side >= h.xray_large_side else '<'} {h.xray_large_side}"
         if fp.get("accelerator", "cpu") == "cpu" and size > h.xray_cpu_img_size:
-            size, reason = h.xray_cpu_img_size, reason + f", but no GPU: {h.xray_cpu_img_size} px keeps a run in minutes"
+            size, reason = h.xray_cpu_img_size, reason + f", but no GPU: {h.xray_cpu_img_size} px keeps a run in minutes (128 px gained nothing here)"
         put("preprocess.xray.img_size", size, reason)
         size = given.get("preprocess.xray.img_size", size)
         preferred = next((p for limit, p in h.xray_patch if size <= limit), h.xray_patch[-1][1])
