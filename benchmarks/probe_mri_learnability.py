@@ -3,6 +3,7 @@
     python benchmarks/probe_mri_learnability.py --train COHORT --fresh COHORT --model vit --steps 900
     python benchmarks/probe_mri_learnability.py --train COHORT --fresh COHORT --model cnn --steps 3000 --lr 1e-3
     python benchmarks/probe_mri_learnability.py ... --model cnn --no-augment       # does it memorise instead?
+    python benchmarks/probe_mri_learnability.py ... --model cnn --cnn-stages 1     # a local detector, then max
 
 COHORT is a ``medvit synth --kind mri`` folder (``dicom/`` and ``labels.csv``). Both cohorts are ingested and go
 once through the pipeline's own deterministic preprocessing (``deterministic_transforms``: orientation, the plan's
@@ -55,7 +56,10 @@ def load_volumes(config: PipelineConfig, manifest: pd.DataFrame) -> tuple[np.nda
     return volumes, manifest["label"].astype(int).to_numpy()
 
 
-def small_cnn(widths: tuple[int, ...] = (16, 32, 64, 128), pool: str = "max") -> nn.Module:
+CNN_WIDTHS = (16, 32, 64, 128)
+
+
+def small_cnn(widths: tuple[int, ...] = CNN_WIDTHS, pool: str = "max") -> nn.Module:
     """Stride-2 stages of two 3x3x3 convolutions (GroupNorm, ReLU), a global pool and one logit."""
     layers: list[nn.Module] = []
     previous = 1
@@ -86,6 +90,8 @@ def main() -> None:
     parser.add_argument("--fresh", type=Path, required=True, help="cohort of another seed to score")
     parser.add_argument("--model", choices=["vit", "cnn"], default="vit", help="the plan's ViT, or the small CNN")
     parser.add_argument("--pool", choices=["max", "avg"], default="max", help="the small CNN's global pool")
+    parser.add_argument("--cnn-stages", type=int, default=4, choices=range(1, 5),
+                        help="stride-2 stages of the small CNN before its global pool (fewer: a more local detector)")
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None, help="default: the plan's")
@@ -109,14 +115,14 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = build_model(model_kwargs(train_config)) if args.model == "vit" else small_cnn(pool=args.pool)
+    model = build_model(model_kwargs(train_config)) if args.model == "vit" else small_cnn(CNN_WIDTHS[:args.cnn_stages], args.pool)
     params = param_groups(model, train_config.train.weight_decay) if args.model == "vit" else model.parameters()
     lr = args.lr or train_config.train.lr
     optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = make_scheduler(optimizer, [args.steps], 0.0, train_config.train.min_lr, warmup_steps=args.warmup)
     augment = None if args.no_augment else augment_transforms(train_config)
     loss_fn = nn.BCEWithLogitsLoss()
-    print(json.dumps({"model": args.model, "train_studies": len(y_train), "fresh_studies": len(y_fresh), "lr": lr,
+    print(json.dumps({"model": args.model, "cnn_stages": args.cnn_stages, "train_studies": len(y_train), "fresh_studies": len(y_fresh), "lr": lr,
                       "grid": list(x_train.shape[1:]), "augment": augment is not None, "set": args.set}), flush=True)
     started, losses = time.perf_counter(), []
     for step in range(1, args.steps + 1):
