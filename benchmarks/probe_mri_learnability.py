@@ -115,15 +115,17 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = build_model(model_kwargs(train_config)) if args.model == "vit" else small_cnn(CNN_WIDTHS[:args.cnn_stages], args.pool)
+    model = (build_model(model_kwargs(train_config)) if args.model == "vit"
+             else small_cnn(CNN_WIDTHS[:args.cnn_stages], args.pool))
     params = param_groups(model, train_config.train.weight_decay) if args.model == "vit" else model.parameters()
     lr = args.lr or train_config.train.lr
     optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = make_scheduler(optimizer, [args.steps], 0.0, train_config.train.min_lr, warmup_steps=args.warmup)
     augment = None if args.no_augment else augment_transforms(train_config)
     loss_fn = nn.BCEWithLogitsLoss()
-    print(json.dumps({"model": args.model, "cnn_stages": args.cnn_stages, "train_studies": len(y_train), "fresh_studies": len(y_fresh), "lr": lr,
-                      "grid": list(x_train.shape[1:]), "augment": augment is not None, "set": args.set}), flush=True)
+    print(json.dumps({"model": args.model, "cnn_stages": args.cnn_stages, "train_studies": len(y_train),
+                      "fresh_studies": len(y_fresh), "lr": lr, "grid": list(x_train.shape[1:]),
+                      "augment": augment is not None, "set": args.set}), flush=True)
     started, losses = time.perf_counter(), []
     for step in range(1, args.steps + 1):
         picks = rng.choice(len(y_train), args.batch, replace=False)
