@@ -284,7 +284,7 @@ class Trainer:
         lower validation loss (a small validation split often ties, e.g. at 1.0, and the first tie is rarely the
         best); always under ``train.select: last``."""
         auroc = metrics["val_auroc"]
-        if math.isnan(auroc) or self.config.train.select == "last":  # no validation data: the latest is all we know
+        if math.isnan(auroc) or self.config.train.select == "last":  # no validation data, or the rule keeps the latest
             return True
         if auroc != self.best_auroc:
             return auroc > self.best_auroc
